@@ -1,0 +1,45 @@
+//! Mica's test harness.
+//!
+//! - [`artifacts`]: where the guest kernel, guest images and nested-host files are
+//!   (built by `make setup` into `~/.cache/mica`), and the stub guest.
+//! - [`nested`]: the nested test host, a QEMU microVM on QEMU's software CPU whose
+//!   own kernel offers a real `/dev/kvm`; every test with a real Linux guest runs
+//!   its commands there.
+//! - [`require`]: the `MICA_REQUIRE_KVM` rule: in CI a missing prerequisite fails
+//!   the test; elsewhere the test says why it is skipped.
+
+pub mod artifacts;
+pub mod nested;
+
+/// Whether the environment insists that KVM-dependent tests run (CI sets
+/// `MICA_REQUIRE_KVM=1`).
+pub fn kvm_required() -> bool {
+    std::env::var("MICA_REQUIRE_KVM").is_ok_and(|v| v == "1")
+}
+
+/// Checks a prerequisite of a test. Returns `true` when the test can go on. When
+/// it can't: panics if `MICA_REQUIRE_KVM=1`, otherwise prints why and returns
+/// `false` so the caller returns early.
+#[must_use]
+pub fn require(what: &str, available: Result<(), String>) -> bool {
+    match available {
+        Ok(()) => true,
+        Err(why) if kvm_required() => {
+            panic!("MICA_REQUIRE_KVM=1 and {what} is unavailable: {why}")
+        }
+        Err(why) => {
+            eprintln!(
+                "SKIPPED: {what} is unavailable: {why} (set MICA_REQUIRE_KVM=1 to fail instead)"
+            );
+            false
+        }
+    }
+}
+
+/// The repository's root folder.
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}

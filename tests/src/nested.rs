@@ -1,0 +1,405 @@
+//! The nested test host: real KVM on a machine without hardware virtualization.
+//!
+//! This machine's `/dev/kvm` may be a software hypervisor that cannot run a Linux
+//! guest kernel. QEMU's software CPU, however, emulates AMD SVM well enough that a
+//! Debian kernel inside it ("L1") loads `kvm-amd` and offers a genuine `/dev/kvm`,
+//! where Mica's VMM boots real guests ("L2").
+//!
+//! ```text
+//!  test process ──spawns──► qemu-system-x86_64 (TCG, -cpu EPYC, microvm)
+//!      │                        │ virtio-9p "hostroot": this machine's /, read-only,
+//!      │                        │   under a tmpfs overlay = L1's whole userland
+//!      │                        │ virtio-9p "job": a folder per session
+//!      └── jobs/<id>/cmd ──────►│ L1's init (tests/nested/init) runs each job,
+//!          ◄── stdout,stderr,rc │   chrooted into that overlay
+//! ```
+//!
+//! Because L1 sees this machine's files at the same paths, a job can run any
+//! binary cargo built and read any artifact in `~/.cache/mica` directly.
+
+use std::fs;
+use std::io::Read as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::artifacts::NestedArtifacts;
+
+const POLL: Duration = Duration::from_millis(50);
+
+/// How to start a nested host.
+#[derive(Debug, Clone)]
+pub struct NestedOptions {
+    /// A name for logs.
+    pub name: String,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// How long L1 may take to become ready.
+    pub boot_timeout: Duration,
+    /// Ports on this machine's loopback that L1 reaches as `10.0.2.100:<port>`
+    /// (QEMU user networking with `restrict=on`: nothing else is reachable).
+    pub host_ports: Vec<u16>,
+    /// `(host port on 127.0.0.1, L1 port)` forwards into L1.
+    pub forwards: Vec<(u16, u16)>,
+}
+
+impl NestedOptions {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            memory_mib: 2048,
+            cpus: 2,
+            boot_timeout: Duration::from_secs(120),
+            host_ports: Vec::new(),
+            forwards: Vec::new(),
+        }
+    }
+}
+
+/// The address at which L1 reaches this machine's loopback ports listed in
+/// [`NestedOptions::host_ports`].
+pub const HOST_FROM_L1: &str = "10.0.2.100";
+
+/// What a job printed and how it ended.
+#[derive(Debug, Clone)]
+pub struct JobOutput {
+    pub stdout: String,
+    pub stderr: String,
+    pub code: i32,
+}
+
+impl JobOutput {
+    /// Panics with the whole output unless the job exited 0.
+    #[track_caller]
+    pub fn expect_success(self, what: &str) -> Self {
+        assert_eq!(
+            self.code, 0,
+            "{what} failed with exit code {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// A job started with [`NestedHost::spawn`].
+pub struct Job<'a> {
+    host: &'a NestedHost,
+    dir: PathBuf,
+}
+
+impl Job<'_> {
+    /// Waits for the job to end.
+    pub fn wait(&self, timeout: Duration) -> Result<JobOutput> {
+        let rc = self.dir.join("rc");
+        let deadline = Instant::now() + timeout;
+        while !rc.exists() {
+            self.host.check_alive()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "job {} did not finish within {timeout:?}\n--- stdout so far ---\n{}\n--- stderr so far ---\n{}",
+                    self.dir.display(),
+                    self.stdout_so_far(),
+                    read_lossy(&self.dir.join("stderr"))
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+        let code = read_lossy(&rc).trim().parse().unwrap_or(-1);
+        Ok(JobOutput {
+            stdout: read_lossy(&self.dir.join("stdout")),
+            stderr: read_lossy(&self.dir.join("stderr")),
+            code,
+        })
+    }
+
+    /// What the job has written to stdout so far.
+    pub fn stdout_so_far(&self) -> String {
+        read_lossy(&self.dir.join("stdout"))
+    }
+
+    /// Waits until the job's stdout contains `needle`.
+    pub fn wait_for_output(&self, needle: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.stdout_so_far().contains(needle) {
+                return Ok(());
+            }
+            if self.dir.join("rc").exists() {
+                bail!(
+                    "job ended before printing {needle:?}:\n{}\n{}",
+                    self.stdout_so_far(),
+                    read_lossy(&self.dir.join("stderr"))
+                );
+            }
+            self.host.check_alive()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "{needle:?} not printed within {timeout:?}:\n{}",
+                    self.stdout_so_far()
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+/// A running nested host. Dropping it powers L1 off (and kills QEMU if needed).
+pub struct NestedHost {
+    name: String,
+    child: Child,
+    dir: tempfile::TempDir,
+    next_job: AtomicU64,
+    ready: String,
+    boot_time: Duration,
+}
+
+impl NestedHost {
+    /// Checks that the nested host can be started here.
+    pub fn available() -> Result<(), String> {
+        which("qemu-system-x86_64").map_err(|e| e.to_string())?;
+        NestedArtifacts::locate().map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Boots L1 and waits until it runs jobs.
+    pub fn boot(opts: NestedOptions) -> Result<Self> {
+        let qemu = which("qemu-system-x86_64")?;
+        let art = NestedArtifacts::locate()?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("mica-nested-{}-", opts.name))
+            .tempdir()?;
+        fs::create_dir(dir.path().join("jobs"))?;
+        let console = dir.path().join("console.log");
+
+        let append = format!(
+            "console=ttyS0 reboot=t panic=-1 quiet tsc_early_khz={} mica.modules={}",
+            host_tsc_khz()?,
+            art.modules().display()
+        );
+        let mut cmd = Command::new(qemu);
+        cmd.args([
+            "-accel",
+            "tcg,thread=multi",
+            "-M",
+            "microvm",
+            "-cpu",
+            "EPYC",
+        ])
+        .args(["-m", &opts.memory_mib.to_string()])
+        .args(["-smp", &opts.cpus.to_string()])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
+        .arg("-chardev")
+        .arg(format!("file,id=con,path={}", console.display()))
+        .args(["-serial", "chardev:con"])
+        .arg("-kernel")
+        .arg(art.vmlinux())
+        .arg("-initrd")
+        .arg(art.initramfs())
+        .args(["-append", &append])
+        .args([
+            "-fsdev",
+            "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
+            "-device",
+            "virtio-9p-device,fsdev=hostroot,mount_tag=hostroot",
+        ])
+        .arg("-fsdev")
+        .arg(format!(
+            "local,id=job,path={},security_model=none,multidevs=remap",
+            dir.path().display()
+        ))
+        .args(["-device", "virtio-9p-device,fsdev=job,mount_tag=job"]);
+        if !opts.host_ports.is_empty() || !opts.forwards.is_empty() {
+            let mut netdev = String::from("user,id=n0,net=10.0.2.0/24,restrict=on");
+            for port in &opts.host_ports {
+                netdev.push_str(&format!(
+                    ",guestfwd=tcp:{HOST_FROM_L1}:{port}-tcp:127.0.0.1:{port}"
+                ));
+            }
+            for (host, guest) in &opts.forwards {
+                netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+            }
+            cmd.args(["-netdev", &netdev])
+                .args(["-device", "virtio-net-device,netdev=n0"]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0);
+
+        let started = Instant::now();
+        let child = cmd.spawn().context("starting qemu-system-x86_64")?;
+        let mut host = NestedHost {
+            name: opts.name,
+            child,
+            dir,
+            next_job: AtomicU64::new(1),
+            ready: String::new(),
+            boot_time: Duration::ZERO,
+        };
+        let deadline = started + opts.boot_timeout;
+        let ready = host.dir.path().join("ready");
+        let failed = host.dir.path().join("failed");
+        loop {
+            if ready.exists() {
+                host.ready = read_lossy(&ready).trim().to_string();
+                host.boot_time = started.elapsed();
+                return Ok(host);
+            }
+            if failed.exists() {
+                bail!(
+                    "nested host failed to start: {}\n{}",
+                    read_lossy(&failed),
+                    host.console_log()
+                );
+            }
+            host.check_alive()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "nested host not ready after {:?}\n--- console ---\n{}",
+                    opts.boot_timeout,
+                    host.console_log()
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// L1's readiness line, e.g. `kernel=6.1.0-… kvm=yes cpus=2`.
+    pub fn ready_line(&self) -> &str {
+        &self.ready
+    }
+
+    /// Time from starting QEMU until L1 ran jobs.
+    pub fn boot_time(&self) -> Duration {
+        self.boot_time
+    }
+
+    /// The session's shared folder (L1 sees it as `/mica-job`).
+    pub fn shared_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// L1's serial console so far.
+    pub fn console_log(&self) -> String {
+        read_lossy(&self.dir.path().join("console.log"))
+    }
+
+    /// Starts a bash script in L1 (its working folder is the job's own folder).
+    pub fn spawn(&self, script: &str) -> Result<Job<'_>> {
+        self.check_alive()?;
+        let id = self.next_job.fetch_add(1, Ordering::SeqCst);
+        let dir = self.dir.path().join("jobs").join(id.to_string());
+        fs::create_dir(&dir)?;
+        fs::write(dir.join("cmd"), script)?;
+        fs::write(dir.join("start.tmp"), "")?;
+        fs::rename(dir.join("start.tmp"), dir.join("start"))?;
+        Ok(Job { host: self, dir })
+    }
+
+    /// Runs a bash script in L1 and waits for it (up to 10 minutes).
+    pub fn run(&self, script: &str) -> Result<JobOutput> {
+        self.run_timeout(script, Duration::from_secs(600))
+    }
+
+    /// Runs a bash script in L1 and waits for it.
+    pub fn run_timeout(&self, script: &str, timeout: Duration) -> Result<JobOutput> {
+        self.spawn(script)?.wait(timeout)
+    }
+
+    fn check_alive(&self) -> Result<()> {
+        // SAFETY: kill(pid, 0) only checks that the process exists.
+        let alive = unsafe { libc::kill(self.child.id() as libc::pid_t, 0) } == 0;
+        let zombie = fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .map(|s| s.split_whitespace().nth(2) == Some("Z"))
+            .unwrap_or(true);
+        if !alive || zombie {
+            bail!(
+                "the nested host's QEMU exited\n--- console ---\n{}",
+                self.console_log()
+            );
+        }
+        Ok(())
+    }
+
+    fn keep_log(&self) {
+        let logs = crate::repo_root().join("target").join("nested-logs");
+        if fs::create_dir_all(&logs).is_ok() {
+            let _ = fs::copy(
+                self.dir.path().join("console.log"),
+                logs.join(format!("{}-{}.log", self.name, self.child.id())),
+            );
+        }
+    }
+}
+
+impl Drop for NestedHost {
+    fn drop(&mut self) {
+        let _ = fs::write(self.dir.path().join("poweroff"), "");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(POLL),
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break;
+                }
+            }
+        }
+        if let Some(mut err) = self.child.stderr.take() {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            let real: Vec<&str> = s
+                .lines()
+                .filter(|l| !l.contains("TCG doesn't support requested feature"))
+                .collect();
+            if !real.is_empty() {
+                eprintln!("qemu ({}): {}", self.name, real.join("\n"));
+            }
+        }
+        self.keep_log();
+    }
+}
+
+fn read_lossy(path: &Path) -> String {
+    fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+fn which(program: &str) -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join(program);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("{program} not found in PATH (run `make setup`)")
+}
+
+/// The host's TSC frequency in kHz, which L1 needs as `tsc_early_khz=` (without
+/// it L1 hangs about a third of the time after failing to calibrate against the
+/// PIT).
+fn host_tsc_khz() -> Result<u64> {
+    let info = fs::read_to_string("/proc/cpuinfo")?;
+    let mhz: f64 = info
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))
+        .and_then(|l| l.split(':').nth(1))
+        .context("no 'cpu MHz' in /proc/cpuinfo")?
+        .trim()
+        .parse()?;
+    Ok((mhz * 1000.0) as u64)
+}

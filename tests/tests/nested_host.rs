@@ -1,0 +1,48 @@
+//! The nested test host boots and offers a real `/dev/kvm`.
+
+use mica_tests::nested::{NestedHost, NestedOptions};
+use mica_tests::require;
+
+#[test]
+fn nested_host_runs_commands_and_offers_kvm() {
+    if !require("the nested test host", NestedHost::available()) {
+        return;
+    }
+    let host = NestedHost::boot(NestedOptions::new("kvm-probe")).expect("nested host boots");
+    eprintln!(
+        "nested host ready in {:?}: {}",
+        host.boot_time(),
+        host.ready_line()
+    );
+    assert!(
+        host.ready_line().contains("kvm=yes"),
+        "L1 has no /dev/kvm: {}\n{}",
+        host.ready_line(),
+        host.console_log()
+    );
+
+    // A command runs, its output and exit code come back.
+    let out = host.run("echo hello from L1; uname -r; exit 7").unwrap();
+    assert_eq!(out.code, 7);
+    assert!(out.stdout.starts_with("hello from L1\n"), "{}", out.stdout);
+
+    // KVM inside L1 answers like real KVM.
+    let probe = env!("CARGO_BIN_EXE_mica-kvm-probe");
+    let out = host
+        .run(probe)
+        .unwrap()
+        .expect_success("mica-kvm-probe in L1");
+    assert!(out.stdout.contains("api_version=12\n"), "{}", out.stdout);
+    assert!(out.stdout.contains("cap_irqchip=true"), "{}", out.stdout);
+
+    // Nested virtualization really is on (kvm-amd with nested paging).
+    let out = host
+        .run("cat /sys/module/kvm_amd/parameters/nested /sys/module/kvm_amd/parameters/npt")
+        .unwrap()
+        .expect_success("kvm_amd parameters");
+    // `nested` is an integer parameter, `npt` a boolean one.
+    assert_eq!(
+        out.stdout.split_whitespace().collect::<Vec<_>>(),
+        ["1", "Y"]
+    );
+}
