@@ -168,14 +168,30 @@ impl Dispatcher {
             )));
         };
         let span = tracing::info_span!("rpc", method = %ctx.method, id = %ctx.id, request_id = ctx.request_id.as_deref());
-        // A task of its own, so that a panic stays there.
-        match tokio::spawn(handler(ctx, payload).instrument(span)).await {
+        // A task of its own, so that a panic stays there; aborted with the
+        // server (the guard), so that dropping a server stops its handlers.
+        let task = AbortOnDrop(tokio::spawn(handler(ctx, payload).instrument(span)));
+        match task.join().await {
             Ok(result) => result,
             Err(join) => Err(Failed::Remote(RemoteError::new(
                 codes::HANDLER_PANICKED,
                 format!("the handler failed: {join}"),
             ))),
         }
+    }
+}
+
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    async fn join(mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
