@@ -38,7 +38,7 @@ use lapin::options::{
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
@@ -123,6 +123,7 @@ fn is_permanent(err: &lapin::Error) -> bool {
             e.kind(),
             AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
                 | AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
+                | AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED)
         ),
         _ => false,
     }
@@ -377,7 +378,13 @@ impl Shared {
                     tracing::info!(generation = live.generation, "rpc: connected to the broker");
                     return Ok(live);
                 }
-                Err(err) => {
+                Err((err, permanent)) => {
+                    // Wrong credentials or vhost: say so at once, when it is
+                    // the first connection (later, keep trying: the broker
+                    // may be being reconfigured).
+                    if permanent && self.generations.load(Ordering::SeqCst) == 0 {
+                        return Err(RpcError::Broker(err));
+                    }
                     let delay = backoff.next_delay();
                     if deadline.is_some_and(|d| Instant::now() + delay > d) {
                         return Err(RpcError::Unavailable(err));
@@ -406,7 +413,9 @@ impl Shared {
         None
     }
 
-    async fn connect_once(&self) -> Result<Live, String> {
+    /// One connection attempt; on failure, the error and whether it is
+    /// permanent (refused credentials or vhost).
+    async fn connect_once(&self) -> Result<Live, (String, bool)> {
         let props = ConnectionProperties::default()
             .with_connection_name(self.connection_name.as_str().into());
         let attempt = async {
@@ -419,8 +428,8 @@ impl Shared {
         };
         let (conn, publisher) = tokio::time::timeout(CONNECT_ATTEMPT_TIMEOUT, attempt)
             .await
-            .map_err(|_| "connection attempt timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| ("connection attempt timed out".to_string(), false))?
+            .map_err(|e| (e.to_string(), is_permanent(&e)))?;
         Ok(Live {
             generation: self.generations.fetch_add(1, Ordering::SeqCst) + 1,
             conn: Arc::new(conn),
