@@ -124,8 +124,10 @@ pub enum RpcError {
         /// Topic it was sent to.
         topic: String,
     },
-    /// The message could not be published (broker unreachable) within the
-    /// publish timeout; nothing was sent.
+    /// The broker did not take the message within the publish timeout (for
+    /// a call, the call's timeout): it was unreachable, or did not confirm.
+    /// The message was most likely not sent; only one whose confirm was
+    /// still on its way when the time ran out may have been.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
     /// The request could not be encoded as JSON.

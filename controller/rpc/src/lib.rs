@@ -86,6 +86,14 @@
 //!   was sent: it may or may not have run). Call requests expire in their
 //!   queue with the call's timeout, so a server that comes back late does not
 //!   run calls nobody waits for.
+//! - Handlers, for calls as for casts, may run more than once: a server
+//!   whose connection drops before its ack has the message redelivered (a
+//!   second reply to a call is ignored by the caller). Make them idempotent
+//!   or read-only.
+//! - Handlers should return within minutes. Long work (a build) is handed to
+//!   a task and its outcome reported by a cast to the conductor: RabbitMQ
+//!   closes the channel of a consumer that holds a message unacked longer
+//!   than its `consumer_timeout` (30 minutes by default), which redelivers it.
 //! - Handler errors travel back as [`RemoteError`] (code, message, optional
 //!   typed data). Messages that cannot be handled at all go to the
 //!   dead-letter queue ([`Rpc::take_dead_letters`]) with a log line; the

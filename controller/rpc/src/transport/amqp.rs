@@ -129,8 +129,15 @@ fn is_permanent(err: &lapin::Error) -> bool {
     }
 }
 
+/// An AMQP short string (at most 255 bytes): longer input is cut at a
+/// character boundary. Names made here are validated far shorter; this only
+/// guards method names and foreign `reply_to` values.
 fn short(s: &str) -> ShortString {
-    ShortString::try_new(s).unwrap_or_else(|_| ShortString::from(&s[..255.min(s.len())]))
+    let mut end = s.len().min(255);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    ShortString::from(&s[..end])
 }
 
 impl Amqp {
@@ -849,5 +856,19 @@ impl AmqpAcker {
                     .await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_strings_are_cut_at_a_char_boundary() {
+        assert_eq!(short("abc").as_str(), "abc");
+        let long = "é".repeat(200); // 400 bytes
+        let cut = short(&long);
+        assert_eq!(cut.as_str().len(), 254);
+        assert!(cut.as_str().chars().all(|c| c == 'é'));
     }
 }

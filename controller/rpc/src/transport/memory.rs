@@ -85,7 +85,18 @@ struct MemMessage {
 
 impl MemQueue {
     fn push(&self, msg: MemMessage) {
-        lock(&self.items).push_back(msg);
+        let mut items = lock(&self.items);
+        // Expired call requests at the head go now, so that a queue nobody
+        // consumes (a host that is gone) does not keep them forever.
+        let now = Instant::now();
+        while items
+            .front()
+            .is_some_and(|m| m.expires_at.is_some_and(|t| t <= now))
+        {
+            items.pop_front();
+        }
+        items.push_back(msg);
+        drop(items);
         self.notify.notify_one();
     }
 
