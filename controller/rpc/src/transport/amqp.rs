@@ -327,6 +327,10 @@ fn properties(msg: &OutMessage, reply_to: Option<&str>) -> BasicProperties {
         props = props
             .with_reply_to(short(reply_to))
             .with_correlation_id(short(&msg.id));
+    } else if msg.kind == crate::envelope::Kind::Reply {
+        // The JSON carries the correlation; this is for tools that read
+        // AMQP properties.
+        props = props.with_correlation_id(short(&msg.id));
     }
     if let Some(expires_at) = msg.expires_at {
         let ms = expires_at
