@@ -1,17 +1,19 @@
 //! The message envelope: every message on the bus is one JSON object.
 //!
 //! ```json
-//! {"mica_rpc": 1, "kind": "call", "id": "5f0c…", "method": "build_and_run_instance",
-//!  "version": "1.0", "request_id": "req-…", "sent_at_ms": 1732170000000,
-//!  "payload": {…}}
+//! {"mica_rpc": 1, "kind": "call", "id": "5f0c…", "method": "get_console_output",
+//!  "version": "1.0", "reply_to": "mica.rpc_reply.<client>.<n>", "request_id": "req-…",
+//!  "sent_at_ms": 1732170000000, "payload": {…}}
 //! {"mica_rpc": 1, "kind": "reply", "id": "5f0c…", "result": {"ok": {…}}}
 //! {"mica_rpc": 1, "kind": "reply", "id": "5f0c…",
 //!  "result": {"error": {"code": "no_such_method", "message": "…"}}}
 //! ```
 //!
-//! A call's `id` is its correlation id: the reply carries the same `id`. The
-//! queue to reply to travels as the AMQP `reply_to` property (it names the
-//! caller's current connection, so it is not part of the JSON).
+//! A call's `id` is its correlation id: the reply carries the same `id`.
+//! `reply_to` names the caller's reply queue, which belongs to the caller's
+//! current connection: a call re-sent after a reconnection carries the new one.
+//! Over AMQP the same values are also in the message properties (`reply_to`,
+//! `correlation_id`, `message_id`, `type` = method) for tools.
 //!
 //! # Versioning rules
 //! 1. **Envelope format** (`mica_rpc`, an integer). Readers ignore fields they
@@ -143,6 +145,9 @@ pub struct Envelope {
     /// Interface version the sender needs (calls and casts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<Version>,
+    /// Calls: the caller's reply queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
     /// The request id of the API request this message serves, for logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
@@ -173,6 +178,7 @@ impl Envelope {
             id: uuid::Uuid::new_v4().to_string(),
             method: Some(method.into()),
             version: Some(version),
+            reply_to: None,
             request_id,
             sent_at_ms: Some(now_ms()),
             payload: Some(payload),
@@ -188,6 +194,7 @@ impl Envelope {
             id: id.into(),
             method: None,
             version: None,
+            reply_to: None,
             request_id: None,
             sent_at_ms: Some(now_ms()),
             payload: None,

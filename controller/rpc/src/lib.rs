@@ -307,6 +307,7 @@ impl Rpc {
         );
         let msg = OutMessage {
             body: envelope.encode(),
+            call: Some(envelope.clone()),
             id: envelope.id.clone(),
             kind: Kind::Call,
             method: Some(method.to_owned()),
@@ -382,6 +383,7 @@ impl Rpc {
         );
         let msg = OutMessage {
             body: envelope.encode(),
+            call: None,
             id: envelope.id.clone(),
             kind: Kind::Cast,
             method: Some(method.to_owned()),

@@ -298,6 +298,7 @@ async fn handle_delivery(rpc: &Rpc, dispatcher: &Dispatcher, delivery: Delivery)
             reply(
                 rpc,
                 &delivery,
+                envelope.reply_to.as_deref(),
                 &envelope.id,
                 Outcome::Error(RemoteError::new(codes::UNSUPPORTED_VERSION, &reason)),
             )
@@ -331,7 +332,14 @@ async fn handle_delivery(rpc: &Rpc, dispatcher: &Dispatcher, delivery: Delivery)
                 }
                 Err(Failed::Remote(err)) => Outcome::Error(err),
             };
-            reply(rpc, &delivery, &envelope.id, outcome).await;
+            reply(
+                rpc,
+                &delivery,
+                envelope.reply_to.as_deref(),
+                &envelope.id,
+                outcome,
+            )
+            .await;
             delivery.ack().await;
         }
         _ => match result {
@@ -356,14 +364,15 @@ async fn handle_delivery(rpc: &Rpc, dispatcher: &Dispatcher, delivery: Delivery)
     }
 }
 
-async fn reply(rpc: &Rpc, delivery: &Delivery, id: &str, outcome: Outcome) {
-    let Some(reply_to) = &delivery.reply_to else {
+async fn reply(rpc: &Rpc, delivery: &Delivery, reply_to: Option<&str>, id: &str, outcome: Outcome) {
+    let Some(reply_to) = reply_to.or(delivery.reply_to.as_deref()) else {
         tracing::warn!(queue = %delivery.queue, %id, "rpc: call without reply_to; reply dropped");
         return;
     };
     let envelope = Envelope::reply(id, outcome);
     let msg = OutMessage {
         body: envelope.encode(),
+        call: None,
         id: id.to_owned(),
         kind: Kind::Reply,
         method: None,

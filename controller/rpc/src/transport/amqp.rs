@@ -521,6 +521,14 @@ impl Shared {
         } else {
             None
         };
+        let with_inbox;
+        let body = match inbox {
+            Some(inbox) => {
+                with_inbox = msg.body_replying_to(inbox);
+                &with_inbox
+            }
+            None => &msg.body,
+        };
         let (exchange, routing_key, mandatory) = match dest {
             Destination::Queue(q) => ("", q.as_str(), true),
             Destination::Fanout(x) => (x.as_str(), "", false),
@@ -534,7 +542,7 @@ impl Shared {
                     mandatory,
                     ..Default::default()
                 },
-                &msg.body,
+                body,
                 properties(msg, inbox),
             )
             .await
@@ -835,6 +843,7 @@ impl AmqpAcker {
     pub(crate) async fn dead_letter(self, letter: DeadLetter) {
         let msg = OutMessage {
             body: letter.body,
+            call: None,
             id: uuid::Uuid::new_v4().to_string(),
             kind: crate::envelope::Kind::Cast,
             method: None,

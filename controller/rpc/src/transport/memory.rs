@@ -157,9 +157,13 @@ impl Memory {
         msg: &OutMessage,
         with_reply: bool,
     ) -> Result<u64, RpcError> {
+        let reply_to = with_reply.then(|| self.inbox.clone());
         let mem = MemMessage {
-            body: msg.body.clone(),
-            reply_to: with_reply.then(|| self.inbox.clone()),
+            body: match &reply_to {
+                Some(inbox) => msg.body_replying_to(inbox),
+                None => msg.body.clone(),
+            },
+            reply_to,
             expires_at: msg.expires_at,
             redelivered: false,
         };

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::envelope::Kind;
+use crate::envelope::{Envelope, Kind};
 use crate::pending::Pending;
 use crate::topic::{Destination, Source};
 use crate::{RpcError, RpcOptions};
@@ -20,6 +20,9 @@ use crate::{RpcError, RpcOptions};
 #[derive(Debug, Clone)]
 pub(crate) struct OutMessage {
     pub body: Vec<u8>,
+    /// Calls: the envelope, encoded again with the reply queue of the
+    /// connection each attempt goes out on.
+    pub call: Option<Envelope>,
     pub id: String,
     pub kind: Kind,
     pub method: Option<String>,
@@ -31,6 +34,18 @@ pub(crate) struct OutMessage {
 }
 
 impl OutMessage {
+    /// The bytes to send with `reply_to` as the reply queue.
+    pub(crate) fn body_replying_to(&self, reply_to: &str) -> Vec<u8> {
+        match &self.call {
+            Some(envelope) => {
+                let mut envelope = envelope.clone();
+                envelope.reply_to = Some(reply_to.to_owned());
+                envelope.encode()
+            }
+            None => self.body.clone(),
+        }
+    }
+
     /// Casts are the durable primitive: persistent, so they survive a broker
     /// restart. A call's request and its reply are transient: the caller is
     /// waiting and learns of a loss (see [`RpcError::ConnectionLost`]).
@@ -128,6 +143,7 @@ impl Transport {
     ) -> Result<(), RpcError> {
         let msg = OutMessage {
             body,
+            call: None,
             id: uuid::Uuid::new_v4().to_string(),
             kind: Kind::Cast,
             method: None,
@@ -219,5 +235,38 @@ impl Delivery {
             Acker::Memory(u) => u.dead_letter(letter),
             Acker::Amqp(a) => a.dead_letter(letter).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Version;
+
+    #[test]
+    fn a_call_carries_the_reply_queue_of_each_attempt() {
+        let envelope = Envelope::request(
+            Kind::Call,
+            "ping",
+            Version::new(1, 0),
+            None,
+            serde_json::json!({}),
+        );
+        let msg = OutMessage {
+            body: envelope.encode(),
+            call: Some(envelope.clone()),
+            id: envelope.id.clone(),
+            kind: Kind::Call,
+            method: Some("ping".into()),
+            expires_at: None,
+            headers: Vec::new(),
+        };
+        for inbox in ["ns.rpc_reply.c.1", "ns.rpc_reply.c.2"] {
+            let sent = Envelope::decode(&msg.body_replying_to(inbox)).unwrap();
+            assert_eq!(sent.reply_to.as_deref(), Some(inbox));
+            assert_eq!(sent.id, envelope.id);
+        }
+        let cast = OutMessage { call: None, ..msg };
+        assert_eq!(cast.body_replying_to("x"), cast.body);
     }
 }
