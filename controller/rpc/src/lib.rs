@@ -99,8 +99,14 @@
 //!   dead-letter queue ([`Rpc::take_dead_letters`]) with a log line; the
 //!   server keeps running.
 //! - Versioning rules: see [`envelope`].
+//!
+//! # Interfaces
+//! [`compute`] (what the conductor asks of an agent) and [`conductor`] (what
+//! agents report) define Mica's methods with their request and response types.
 
 mod backoff;
+pub mod compute;
+pub mod conductor;
 pub mod envelope;
 mod error;
 mod pending;
