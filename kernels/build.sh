@@ -2,11 +2,14 @@
 # Builds Mica's guest kernel (vmlinux ELF + bzImage) from Debian's linux-source-6.1:
 # `make tinyconfig`, then the fragment kernels/microvm.config on top.
 # Output: ~/.cache/mica/kernels/<key>/{vmlinux,bzImage,config,SOURCE_VERSION,BUILD_SECONDS}
-# where <key> hashes the fragment, this script and the source package version, so a
-# rebuild happens only when one of them changes.
+# where <key> hashes the fragment, the recipe version below and the source package
+# version, so a rebuild happens only when one of them changes.
 #   kernels/build.sh              build if needed, print the output directory
 #   kernels/build.sh --print-dir  print the output directory only (no build)
 set -euo pipefail
+
+# Bump when the build steps below change what is built.
+recipe=1
 
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${MICA_CACHE:-$HOME/.cache/mica}
@@ -18,15 +21,13 @@ if [ -z "$src_version" ] || [ ! -f "$tarball" ]; then
     echo "kernels/build.sh: linux-source-6.1 is not installed (run: make setup)" >&2
     exit 1
 fi
-key=$( { cat "$here/microvm.config" "$here/build.sh"; echo "$src_version"; } | sha256sum | cut -c1-16)
+key=$( { cat "$here/microvm.config"; echo "recipe=$recipe source=$src_version"; } | sha256sum | cut -c1-16)
 out="$cache/kernels/$key"
 
-if [ "${1:-}" = "--print-dir" ]; then
-    echo "$out"
-    exit 0
-fi
+if [ "${1:-}" = "--print-dir" ]; then echo "$out"; exit 0; fi
 
 if [ -f "$out/vmlinux" ] && [ -f "$out/bzImage" ] && [ -f "$out/config" ]; then
+    echo "kernel: up to date ($out)" >&2
     echo "$out"
     exit 0
 fi
