@@ -116,6 +116,11 @@ impl Job<'_> {
         })
     }
 
+    /// Whether the job has ended.
+    pub fn is_done(&self) -> bool {
+        self.dir.join("rc").exists()
+    }
+
     /// What the job has written to stdout so far.
     pub fn stdout_so_far(&self) -> String {
         read_lossy(&self.dir.join("stdout"))
