@@ -167,8 +167,9 @@ async fn microversions(mut req: Request, next: Next) -> Response {
     let mv = match parse_microversion(req.headers()) {
         Ok(mv) => mv,
         Err(e) => {
+            // No version was agreed, so no 1.23 error code (as placement).
             let resp = e.into_response();
-            return render_error(ErrorStyle::Placement, resp, rid, true).await;
+            return render_error(ErrorStyle::Placement, resp, rid, false).await;
         }
     };
     req.extensions_mut().insert(mv);
