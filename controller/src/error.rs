@@ -254,6 +254,14 @@ impl From<sqlx::Error> for Error {
                 _ => {}
             }
         }
+        if matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) {
+            let mut err = Error::new(
+                Kind::ServiceUnavailable,
+                "The database is busy; try again later.",
+            );
+            err.source = Some(Box::new(e));
+            return err;
+        }
         Error::internal("database", e)
     }
 }

@@ -297,15 +297,10 @@ pub async fn run(config: Config, names: &[String]) -> Result<()> {
 
 /// Fails unless every migration of this binary is applied.
 pub async fn check_migrated(db: &Db) -> Result<()> {
-    let applied: Vec<i64> =
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success = TRUE")
-            .fetch_all(db.pool())
-            .await
-            .unwrap_or_default();
     let missing: Vec<String> = db
-        .known_migrations()
+        .missing_migrations()
+        .await?
         .into_iter()
-        .filter(|(v, _)| !applied.contains(v))
         .map(|(v, d)| format!("{v} {d}"))
         .collect();
     if missing.is_empty() {

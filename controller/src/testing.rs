@@ -9,8 +9,6 @@
 
 use std::sync::Arc;
 
-use sqlx::Connection;
-
 use crate::app::{App, ServiceKind, identity};
 use crate::config::Config;
 use crate::db::{Backend, Db};
@@ -50,14 +48,9 @@ impl TestDb {
             Backend::Postgres => {
                 let admin = postgres_admin_url();
                 let name = format!("mica_test_{}", uuid::Uuid::new_v4().simple());
-                let mut conn = sqlx::AnyConnection::connect(&admin)
+                crate::db::create_postgres_database(&admin, &name)
                     .await
-                    .unwrap_or_else(|e| panic!("PostgreSQL at {admin} (run `make setup`): {e}"));
-                sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-                    .execute(&mut conn)
-                    .await
-                    .expect("creating a test database");
-                let _ = conn.close().await;
+                    .unwrap_or_else(|e| panic!("PostgreSQL at {admin} (run `make setup`): {e:?}"));
                 let (base, _) = admin.rsplit_once('/').expect("a URL with a database");
                 TestDb {
                     url: format!("{base}/{name}"),
@@ -83,13 +76,7 @@ impl Drop for TestDb {
                 .build()
                 .expect("a runtime");
             rt.block_on(async {
-                if let Ok(mut conn) = sqlx::AnyConnection::connect(&admin).await {
-                    let _ =
-                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                            .execute(&mut conn)
-                            .await;
-                    let _ = conn.close().await;
-                }
+                let _ = crate::db::drop_postgres_database(&admin, &name).await;
             });
         })
         .join();

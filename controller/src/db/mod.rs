@@ -190,6 +190,80 @@ impl Db {
             .collect()
     }
 
+    /// The migrations of this binary that the database has not applied.
+    pub async fn missing_migrations(&self) -> Result<Vec<(i64, String)>> {
+        // A database never migrated has no table: everything is missing.
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success = TRUE")
+                .fetch_all(&self.pool)
+                .await
+                .unwrap_or_default();
+        Ok(self
+            .known_migrations()
+            .into_iter()
+            .filter(|(v, _)| !applied.contains(v))
+            .collect())
+    }
+
+    /// Tables, and for each its columns and index names, sorted: what the
+    /// schema-parity test compares across backends.
+    pub async fn schema_outline(&self) -> Result<Vec<(String, Vec<String>, Vec<String>)>> {
+        let tables: Vec<String> = match self.backend {
+            Backend::Postgres => {
+                sqlx::query_scalar(
+                    "SELECT CAST(table_name AS TEXT) FROM information_schema.tables \
+                     WHERE table_schema = current_schema() AND table_name <> '_sqlx_migrations' ORDER BY 1",
+                )
+                .fetch_all(&self.pool)
+                .await?
+            }
+            Backend::Sqlite => {
+                sqlx::query_scalar(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' \
+                     AND name NOT LIKE 'sqlite_%' AND name <> '_sqlx_migrations' ORDER BY 1",
+                )
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        let mut out = Vec::new();
+        for t in tables {
+            let (mut cols, mut idx): (Vec<String>, Vec<String>) = match self.backend {
+                Backend::Postgres => (
+                    sqlx::query_scalar(
+                        "SELECT CAST(column_name AS TEXT) FROM information_schema.columns \
+                         WHERE table_schema = current_schema() AND table_name = $1",
+                    )
+                    .bind(&t)
+                    .fetch_all(&self.pool)
+                    .await?,
+                    sqlx::query_scalar(
+                        "SELECT CAST(indexname AS TEXT) FROM pg_indexes \
+                         WHERE schemaname = current_schema() AND tablename = $1 \
+                         AND indexname NOT LIKE '%_pkey' AND indexname NOT LIKE '%_key'",
+                    )
+                    .bind(&t)
+                    .fetch_all(&self.pool)
+                    .await?,
+                ),
+                Backend::Sqlite => (
+                    sqlx::query_scalar("SELECT name FROM pragma_table_info($1)")
+                        .bind(&t)
+                        .fetch_all(&self.pool)
+                        .await?,
+                    sqlx::query_scalar("SELECT name FROM pragma_index_list($1) WHERE origin = 'c'")
+                        .bind(&t)
+                        .fetch_all(&self.pool)
+                        .await?,
+                ),
+            };
+            cols.sort();
+            idx.sort();
+            out.push((t, cols, idx));
+        }
+        Ok(out)
+    }
+
     /// The pool, for read-only statements outside a transaction.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
@@ -244,6 +318,43 @@ impl Error {
         self.source = Some(Box::new(source));
         self
     }
+}
+
+fn check_identifier(name: &str) -> Result<()> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(Error::bad_request(format!(
+            "`{name}` is not a plain database name"
+        )));
+    }
+    Ok(())
+}
+
+/// Creates database `name` on the PostgreSQL server of `admin_url` (tests
+/// and benchmarks make one each).
+pub async fn create_postgres_database(admin_url: &str, name: &str) -> Result<()> {
+    use sqlx::Connection;
+    check_identifier(name)?;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(admin_url).await?;
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    Ok(())
+}
+
+/// Drops database `name` of the PostgreSQL server of `admin_url`, closing
+/// its connections.
+pub async fn drop_postgres_database(admin_url: &str, name: &str) -> Result<()> {
+    use sqlx::Connection;
+    check_identifier(name)?;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(admin_url).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    Ok(())
 }
 
 fn sqlite_path(url: &str) -> String {
