@@ -100,6 +100,7 @@ impl Default for AgentSection {
 pub struct RpcSection {
     pub url: String,
     pub namespace: String,
+    pub queue_expiry_s: u64,
 }
 
 impl Default for RpcSection {
@@ -107,6 +108,7 @@ impl Default for RpcSection {
         Self {
             url: "amqp://mica:mica@127.0.0.1:5672/mica".into(),
             namespace: "mica".into(),
+            queue_expiry_s: 0,
         }
     }
 }

@@ -32,6 +32,7 @@ pub mod service;
 pub mod sim;
 pub mod store;
 pub mod sys;
+pub mod testing;
 
 pub use backend::{Backend, Event};
 pub use config::Config;

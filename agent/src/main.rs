@@ -161,6 +161,8 @@ async fn serve(config: Config) -> Result<(), String> {
     let rpc_options = RpcOptions {
         namespace: config.rpc.namespace.clone(),
         connection_name: Some(format!("mica-agent {}", options.host)),
+        queue_expiry: (config.rpc.queue_expiry_s > 0)
+            .then(|| std::time::Duration::from_secs(config.rpc.queue_expiry_s)),
         ..RpcOptions::default()
     };
     let rpc = Rpc::connect_with(&config.rpc.url, rpc_options)

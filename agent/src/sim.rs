@@ -75,7 +75,7 @@ impl SimulatedBackend {
     /// Makes a running instance's pretend VMM die, as `kill -9` would: the
     /// instance becomes SHUTOFF and the agent reports it.
     pub fn crash(&self, instance_uuid: &str) -> bool {
-        let vmm_id = {
+        {
             let mut all = self.instances.lock().expect("instances");
             let Some(i) = all.get_mut(instance_uuid) else {
                 return false;
@@ -84,11 +84,11 @@ impl SimulatedBackend {
                 return false;
             }
             i.power_state = PowerState::Shutdown;
-            i.vmm_id.take()
-        };
+            i.vmm_id = None;
+        }
         self.emit(Event::PowerState {
             instance_uuid: instance_uuid.to_owned(),
-            vmm_id,
+            vmm_id: None,
             power_state: PowerState::Shutdown,
         });
         true
