@@ -3,6 +3,8 @@
 //! through it, and agent options with short intervals.
 #![allow(dead_code)]
 
+pub mod nested;
+
 use std::time::Duration;
 
 use mica_agent::AgentOptions;
