@@ -457,7 +457,27 @@ fn nested_a_full_disk_or_a_missing_image_give_clear_faults() {
     assert!(f.retryable, "another host may have room");
     assert_eq!(n.leftovers(), NOTHING_LEFT);
 
-    // An image deleted from the image API.
+    // 80 MB: the image fits in the cache, but not a second copy of it for
+    // the root disk.
+    n.stop_agent("TERM");
+    n.sh(&format!(
+        "umount {STATE_DIR} && mount -t tmpfs -o size=80m tmpfs {STATE_DIR}"
+    ));
+    n.start_agent();
+    let spec = instance(&n.tiny, "big-2", port(62, vec![default_group(&[], vec![])]));
+    let (_, report) = n.build(&spec, 3 * MIN);
+    let f = report.result.expect_err("no room for the disk");
+    assert_eq!(
+        f.message,
+        format!("Not enough disk space on host {HOST} for the instance's disks")
+    );
+    assert!(f.retryable);
+    assert_eq!(n.leftovers(), NOTHING_LEFT);
+
+    // An image deleted from the image API (on a host with room again).
+    n.stop_agent("TERM");
+    n.sh(&format!("umount {STATE_DIR}"));
+    n.start_agent();
     n.rt.block_on(n.api.delete(&n.tiny.id));
     let spec = instance(&n.tiny, "ghost", port(61, vec![default_group(&[], vec![])]));
     let (_, report) = n.build(&spec, 3 * MIN);
