@@ -525,26 +525,6 @@ fn nested_power_actions_on_a_real_guest() {
             .any(|r| matches!(r, mica_agent::testing::Report::PowerState(_)))
     );
 
-    // Soft reboot through the API: Ctrl-Alt-Del, the guest reboots in the
-    // same VMM (boots goes up).
-    let boots = n.vm_info(&vmm).unwrap()["boots"].as_u64().unwrap();
-    let done = action(
-        &n,
-        &spec.uuid,
-        Action::Reboot {
-            hard: false,
-            vmm_id: mica_agent::testing::new_uuid(),
-            shutdown_timeout_s: 60,
-        },
-    );
-    assert_eq!(done.result, Ok(PowerState::Running));
-    assert_eq!(
-        done.vmm_id.as_deref(),
-        Some(vmm.as_str()),
-        "a soft reboot keeps the VMM"
-    );
-    assert!(n.vm_info(&vmm).unwrap()["boots"].as_u64().unwrap() > boots);
-
     // Pause / unpause, suspend / resume: the VMM's state follows.
     assert_eq!(
         action(&n, &spec.uuid, Action::Pause).result,
@@ -566,7 +546,8 @@ fn nested_power_actions_on_a_real_guest() {
     );
     assert_eq!(n.vm_info(&vmm).unwrap()["state"], "running");
 
-    // Stop (ACPI, the guest powers off) and start with a new VMM.
+    // Stop: the ACPI power button, the guest powers itself off (well before
+    // the timeout).
     let t = std::time::Instant::now();
     assert_eq!(
         action(
@@ -581,9 +562,18 @@ fn nested_power_actions_on_a_real_guest() {
     );
     assert!(
         t.elapsed() < Duration::from_secs(50),
-        "a clean shutdown, not the timeout: {:?}",
-        t.elapsed()
+        "a clean shutdown, not the timeout: {:?}\n{}",
+        t.elapsed(),
+        n.console(&spec.uuid)
     );
+    assert!(
+        n.console(&spec.uuid)
+            .contains("=== Mica tiny guest: shutting down ===")
+    );
+    assert!(n.vm_info(&vmm).is_none());
+
+    // Start, with a new VMM.
+    let settled = n.console(&spec.uuid).matches("GUEST-SETTLED").count();
     let vmm2 = mica_agent::testing::new_uuid();
     let done = action(
         &n,
@@ -593,7 +583,30 @@ fn nested_power_actions_on_a_real_guest() {
         },
     );
     assert_eq!(done.result, Ok(PowerState::Running));
-    n.wait_console(&spec.uuid, "GUEST-SETTLED", 3 * MIN);
+    assert_eq!(done.vmm_id.as_deref(), Some(vmm2.as_str()));
+    wait_count(&n, &spec.uuid, "GUEST-SETTLED", settled + 1);
+
+    // Soft reboot: Ctrl-Alt-Del, the guest reboots in the same VMM (its boot
+    // count goes up).
+    let boots = n.vm_info(&vmm2).unwrap()["boots"].as_u64().unwrap();
+    let done = action(
+        &n,
+        &spec.uuid,
+        Action::Reboot {
+            hard: false,
+            vmm_id: mica_agent::testing::new_uuid(),
+            shutdown_timeout_s: 60,
+        },
+    );
+    assert_eq!(done.result, Ok(PowerState::Running));
+    assert_eq!(
+        done.vmm_id.as_deref(),
+        Some(vmm2.as_str()),
+        "a soft reboot keeps the VMM"
+    );
+    assert!(n.vm_info(&vmm2).unwrap()["boots"].as_u64().unwrap() > boots);
+    wait_count(&n, &spec.uuid, "GUEST-SETTLED", settled + 2);
+
     // Hard reboot: a new VMM again.
     let vmm3 = mica_agent::testing::new_uuid();
     let done = action(
@@ -608,6 +621,23 @@ fn nested_power_actions_on_a_real_guest() {
     assert_eq!(done.result, Ok(PowerState::Running));
     assert!(n.vm_info(&vmm2).is_none());
     assert!(n.vm_info(&vmm3).is_some());
+    wait_count(&n, &spec.uuid, "GUEST-SETTLED", settled + 3);
     terminate(&n, &spec.uuid);
     assert_eq!(n.leftovers(), NOTHING_LEFT);
+}
+
+/// Waits until `needle` shows `count` times on the console.
+fn wait_count(n: &NestedCompute, uuid: &str, needle: &str, count: usize) {
+    let deadline = std::time::Instant::now() + 3 * MIN;
+    loop {
+        let c = n.console(uuid);
+        if c.matches(needle).count() >= count {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{needle:?} not {count} times on the console:\n{c}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
