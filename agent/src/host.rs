@@ -557,8 +557,10 @@ impl Inner {
         };
         self.store.save(&rec)?;
         let paths = self.paths(&spec.uuid)?;
+        let started = std::time::Instant::now();
 
         let (image, meta) = self.images.fetch(&spec.image).await?;
+        let image_ms = started.elapsed().as_millis() as u64;
         let size = disks::root_disk_size(meta.virtual_size, spec.flavor.root_gb)?;
         let (root, image_path) = (paths.root.clone(), image.clone());
         tokio::task::spawn_blocking(move || disks::create_root_disk(&image_path, &root, size))
@@ -575,11 +577,15 @@ impl Inner {
         if spec.flavor.swap_mb > 0 {
             disks::create_swap(&paths.swap, spec.flavor.swap_mb).await?;
         }
+        let disks_ms = started.elapsed().as_millis() as u64 - image_ms;
         let taps = self.plug(spec).await?;
+        let network_ms = started.elapsed().as_millis() as u64 - image_ms - disks_ms;
         let handle = self.launch(&rec, &taps).await?;
+        let vmm_ms = started.elapsed().as_millis() as u64 - image_ms - disks_ms - network_ms;
         let mut rec = rec;
         rec.intent = Intent::Running;
         self.store.save(&rec)?;
+        tracing::info!(image_ms, disks_ms, network_ms, vmm_ms, "build phases");
         self.emit(Event::ResourcesChanged);
         Ok(match handle.status() {
             VmmStatus::Paused => PowerState::Paused,

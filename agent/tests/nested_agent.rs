@@ -40,11 +40,13 @@ fn nested_a_build_boots_a_real_guest_that_gets_its_ip_by_dhcp_and_answers_ping()
     };
     n.start_agent();
     let addr = "10.20.0.10";
-    let spec = instance(
+    let mut spec = instance(
         &n.tiny,
         "web-1",
         port(10, vec![default_group(&[addr.into()], vec![icmp_in()])]),
     );
+    spec.flavor.ephemeral_gb = 1;
+    spec.flavor.swap_mb = 64;
     let (vmm, report) = n.build(&spec, 3 * MIN);
     let running = report.result.unwrap_or_else(|f| {
         panic!(
@@ -113,6 +115,40 @@ fn nested_a_build_boots_a_real_guest_that_gets_its_ip_by_dhcp_and_answers_ping()
         "{out}"
     );
     assert!(out.contains(&format!("{vmm}.sock")), "{out}");
+    // The flavor's disks: root (the image, grown to 1 GB), an ext4
+    // ephemeral disk and a swap disk, all given to the VMM.
+    let dir = format!("{STATE_DIR}/instances/{}", spec.uuid);
+    let out = n.sh(&format!(
+        "stat -c '%n %s' {dir}/root.raw {dir}/ephemeral.raw {dir}/swap.raw; \
+         blkid {dir}/ephemeral.raw {dir}/swap.raw; cat {dir}/vm.json"
+    ));
+    assert!(out.contains(&format!("{dir}/root.raw 1073741824")), "{out}");
+    assert!(
+        out.contains(&format!("{dir}/ephemeral.raw 1073741824")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("{dir}/swap.raw 67108864")), "{out}");
+    assert!(
+        out.contains("LABEL=\"ephemeral0\"") && out.contains("TYPE=\"ext4\""),
+        "{out}"
+    );
+    assert!(out.contains("TYPE=\"swap\""), "{out}");
+    let vm: serde_json::Value = serde_json::from_str(&out[out.find('{').unwrap()..]).unwrap();
+    let ids: Vec<&str> = vm["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["root", "ephemeral0", "swap"]);
+    assert!(
+        vm["cmdline"]
+            .as_str()
+            .unwrap()
+            .ends_with("noxsave mica.hostname=web-1"),
+        "{vm}"
+    );
+
     // DHCP really happened (dnsmasq's lease and log).
     let out = n.sh(&format!(
         "cat {STATE_DIR}/networks/{}/leases; grep -c DHCPACK {STATE_DIR}/networks/{}/dnsmasq.log",
@@ -142,7 +178,7 @@ fn nested_a_restarted_agent_keeps_three_guests_running_and_adopts_them() {
             &format!("vm-{i}"),
             port(
                 20 + i,
-                vec![default_group(&[addr.clone()], vec![icmp_in()])],
+                vec![default_group(std::slice::from_ref(&addr), vec![icmp_in()])],
             ),
         );
         let (vmm, report) = n.build(&spec, 3 * MIN);

@@ -68,6 +68,9 @@ pub struct Networking {
     cfg: NetworkSection,
     dir: PathBuf,
     locks: KeyedLocks,
+    /// What each network was last made to be (bridge, addresses, DHCP and
+    /// NAT): when nothing changed, only the DHCP hosts are updated.
+    ensured: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// A name from a prefix and the first 11 characters of an id (Neutron's
@@ -189,6 +192,17 @@ async fn ip(args: &[&str]) -> Result<String, NetError> {
     run("ip", args, None).await
 }
 
+/// Several `ip` commands in one process (`ip -batch -`): each process costs
+/// a lot where process start-up is slow (an emulated CPU).
+async fn ip_batch(lines: &[String]) -> Result<(), NetError> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let mut script = lines.join("\n");
+    script.push('\n');
+    run("ip", &["-batch", "-"], Some(&script)).await.map(|_| ())
+}
+
 async fn nft_apply(script: &str) -> Result<(), NetError> {
     run("nft", &["-f", "-"], Some(script)).await.map(|_| ())
 }
@@ -207,6 +221,7 @@ impl Networking {
             cfg: cfg.clone(),
             dir: state_dir.join("networks"),
             locks: KeyedLocks::default(),
+            ensured: Default::default(),
         }
     }
 
@@ -245,29 +260,19 @@ impl Networking {
         }
         let dir = self.network_dir(&net.id)?;
         let bridge = self.bridge_name(&net.id);
+        let mtu = if net.mtu >= 68 { net.mtu } else { 1500 };
+        let mut link = Vec::new();
         if iface_exists(&bridge) {
             if !is_bridge(&bridge) {
                 return Err(NetError::NotABridge(bridge));
             }
         } else {
-            ip(&[
-                "link",
-                "add",
-                "name",
-                &bridge,
-                "address",
-                &bridge_mac(&net.id),
-                "type",
-                "bridge",
-                "forward_delay",
-                "0",
-                "stp_state",
-                "0",
-            ])
-            .await?;
+            link.push(format!(
+                "link add name {bridge} address {} type bridge forward_delay 0 stp_state 0",
+                bridge_mac(&net.id)
+            ));
         }
-        let mtu = if net.mtu >= 68 { net.mtu } else { 1500 };
-        ip(&["link", "set", &bridge, "mtu", &mtu.to_string(), "up"]).await?;
+        link.push(format!("link set {bridge} mtu {mtu} up"));
 
         let mut subnets = Vec::new();
         let mut nat = Vec::new();
@@ -279,7 +284,7 @@ impl Networking {
             let Some((addr, len)) = host_address(&cidr, sub.gateway_ip.as_deref()) else {
                 continue;
             };
-            ip(&["addr", "replace", &format!("{addr}/{len}"), "dev", &bridge]).await?;
+            link.push(format!("addr replace {addr}/{len} dev {bridge}"));
             nat.push(cidr);
             if sub.enable_dhcp
                 && let IpAddr::V4(network) = cidr.network()
@@ -297,38 +302,63 @@ impl Networking {
                 });
             }
         }
-
-        let daemon = Dnsmasq::new(&self.cfg.dnsmasq, &dir);
-        if subnets.is_empty() {
-            daemon.stop().await;
-        } else {
-            let config = DhcpConfig {
+        let dhcp = (!subnets.is_empty()).then(|| {
+            dnsmasq::config_text(&DhcpConfig {
                 bridge: bridge.clone(),
                 dir: dir.clone(),
                 subnets,
                 lease_s: self.cfg.dhcp_lease_s,
                 mtu,
-            };
-            daemon
-                .ensure(&dnsmasq::config_text(&config), &dnsmasq::hosts_text(hosts))
+            })
+        });
+        let nat_script = if net.nat && !nat.is_empty() {
+            let out =
+                (!self.cfg.nat_interface.is_empty()).then_some(self.cfg.nat_interface.as_str());
+            Some(
+                nft::nat_script(&bridge, &nat, out).map_err(|source| NetError::Rule {
+                    port: bridge.clone(),
+                    source,
+                })?,
+            )
+        } else {
+            None
+        };
+        let fingerprint = format!("{link:?}|{dhcp:?}|{nat_script:?}");
+        let daemon = Dnsmasq::new(&self.cfg.dnsmasq, &dir);
+        let unchanged = self
+            .ensured
+            .lock()
+            .expect("ensured")
+            .get(&net.id)
+            .is_some_and(|f| *f == fingerprint)
+            && is_bridge(&bridge)
+            && (dhcp.is_none() || daemon.pid().is_some());
+        if !unchanged {
+            self.ensured.lock().expect("ensured").remove(&net.id);
+            ip_batch(&link).await?;
+        }
+        match &dhcp {
+            None => daemon.stop().await,
+            Some(config) => daemon
+                .ensure(config, &dnsmasq::hosts_text(hosts))
                 .await
                 .map_err(|source| NetError::Dhcp {
                     network: net.id.clone(),
                     source,
-                })?;
+                })?,
         }
-
-        if net.nat && !nat.is_empty() {
-            write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
-            let out =
-                (!self.cfg.nat_interface.is_empty()).then_some(self.cfg.nat_interface.as_str());
-            let script = nft::nat_script(&bridge, &nat, out).map_err(|source| NetError::Rule {
-                port: bridge.clone(),
-                source,
-            })?;
-            nft_apply(&script).await?;
-        } else {
-            nft_apply(&nft::nat_delete_script(&bridge)).await?;
+        if !unchanged {
+            match &nat_script {
+                Some(script) => {
+                    write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
+                    nft_apply(script).await?;
+                }
+                None => nft_apply(&nft::nat_delete_script(&bridge)).await?,
+            }
+            self.ensured
+                .lock()
+                .expect("ensured")
+                .insert(net.id.clone(), fingerprint);
         }
         Ok(())
     }
@@ -337,6 +367,7 @@ impl Networking {
     /// no port is left on it) and state folder.
     pub async fn release_network(&self, network_id: &str) -> Result<(), NetError> {
         let _guard = self.locks.lock(network_id).await;
+        self.ensured.lock().expect("ensured").remove(network_id);
         let dir = self.network_dir(network_id)?;
         Dnsmasq::new(&self.cfg.dnsmasq, &dir).stop().await;
         let bridge = self.bridge_name(network_id);
@@ -370,12 +401,13 @@ impl Networking {
             port: port.id.clone(),
             source,
         })?;
+        let mut lines = Vec::new();
         if iface_exists(&tap) {
             if !is_tap(&tap) {
                 return Err(NetError::NotATap(tap));
             }
         } else {
-            ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]).await?;
+            lines.push(format!("tuntap add dev {tap} mode tap"));
         }
         let bridge = self.bridge_name(&port.network.id);
         let mtu = if port.network.mtu >= 68 {
@@ -383,19 +415,11 @@ impl Networking {
         } else {
             1500
         };
-        ip(&[
-            "link",
-            "set",
-            &tap,
-            "address",
-            &tap_mac(&port.mac_address),
-            "mtu",
-            &mtu.to_string(),
-            "master",
-            &bridge,
-            "up",
-        ])
-        .await?;
+        lines.push(format!(
+            "link set {tap} address {} mtu {mtu} master {bridge} up",
+            tap_mac(&port.mac_address)
+        ));
+        ip_batch(&lines).await?;
         // The host has no business with IPv6 on a guest's tap.
         let _ = write_sysctl(&format!("/proc/sys/net/ipv6/conf/{tap}/disable_ipv6"), "1");
         self.apply_firewall(port, &port.security_groups).await?;

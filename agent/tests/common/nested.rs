@@ -162,6 +162,7 @@ pub struct NestedCompute {
     pub tiny: ImageSpec,
     pub rt: tokio::runtime::Runtime,
     config: String,
+    name: String,
 }
 
 /// The agent's folders in L1.
@@ -269,6 +270,7 @@ start_timeout_s = 60
             tiny,
             rt,
             config,
+            name: name.to_owned(),
         })
     }
 
@@ -439,6 +441,14 @@ start_timeout_s = 60
 
 impl Drop for NestedCompute {
     fn drop(&mut self) {
+        // Kept next to the harness's L1 console logs.
+        let logs = mica_tests::repo_root().join("target").join("nested-logs");
+        if std::fs::create_dir_all(&logs).is_ok() {
+            let _ = std::fs::copy(
+                self.shared("agent.log"),
+                logs.join(format!("{}-agent.log", self.name)),
+            );
+        }
         if std::thread::panicking() {
             eprintln!("--- agent log (tail) ---\n{}", tail(&self.agent_log(), 120));
         }
