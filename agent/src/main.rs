@@ -135,7 +135,11 @@ fn redact(url: &str) -> String {
 fn run(config: Config) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.agent.log_level));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Colours only on a terminal: logs in files stay plain text.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
