@@ -96,12 +96,13 @@ impl Inventory {
     }
 }
 
-/// An inventory with its provider.
+/// An inventory with its provider and usage.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 struct ProviderInventory {
     provider_uuid: String,
     #[sqlx(flatten)]
     inventory: Inventory,
+    used: i64,
 }
 
 /// One allocation row.
@@ -224,22 +225,41 @@ fn push_filter(q: &mut Sql, f: &ProviderFilter) {
             .bind_list(group.clone())
             .push("))");
     }
-    for (rc, amount) in &f.resources {
-        // The provider has an inventory of the class whose unit rules accept
-        // the amount and whose free capacity holds it. Comparing the float
-        // capacity with an integer is the same as comparing its floor.
-        q.push(" AND EXISTS (SELECT 1 FROM inventories i WHERE i.provider_uuid = rp.uuid AND i.resource_class = ")
-            .bind(rc.clone())
-            .push(" AND i.min_unit <= ")
-            .bind(*amount)
-            .push(" AND i.max_unit >= ")
-            .bind(*amount)
-            .push(" AND ")
-            .bind(*amount)
-            .push(" % i.step_size = 0 AND (i.total - i.reserved) * i.allocation_ratio >= ")
-            .bind(*amount)
-            .push(" + COALESCE((SELECT CAST(SUM(a.used) AS BIGINT) FROM allocations a \
-                   WHERE a.provider_uuid = i.provider_uuid AND a.resource_class = i.resource_class), 0))");
+    if !f.resources.is_empty() {
+        // The providers with, for every requested class, an inventory whose
+        // unit rules accept the amount and whose free capacity holds it:
+        // one grouped pass over inventories and usage (not a subquery per
+        // provider). Comparing the float capacity with an integer is the
+        // same as comparing its floor.
+        q.push(
+            " AND rp.uuid IN (SELECT i.provider_uuid FROM inventories i LEFT JOIN \
+             (SELECT a.provider_uuid, a.resource_class, SUM(a.used) AS used FROM allocations a \
+             WHERE a.resource_class IN (",
+        )
+        .bind_list(f.resources.iter().map(|(rc, _)| rc.clone()))
+        .push(
+            ") GROUP BY a.provider_uuid, a.resource_class) u \
+             ON u.provider_uuid = i.provider_uuid AND u.resource_class = i.resource_class WHERE ",
+        );
+        for (n, (rc, amount)) in f.resources.iter().enumerate() {
+            if n > 0 {
+                q.push(" OR ");
+            }
+            q.push("(i.resource_class = ")
+                .bind(rc.clone())
+                .push(" AND i.min_unit <= ")
+                .bind(*amount)
+                .push(" AND i.max_unit >= ")
+                .bind(*amount)
+                .push(" AND ")
+                .bind(*amount)
+                .push(" % i.step_size = 0 AND (i.total - i.reserved) * i.allocation_ratio >= ")
+                .bind(*amount)
+                .push(" + COALESCE(u.used, 0))");
+        }
+        q.push(" GROUP BY i.provider_uuid HAVING COUNT(*) = ")
+            .bind(f.resources.len() as i64)
+            .push(")");
     }
     for t in &f.required {
         q.push(" AND EXISTS (SELECT 1 FROM provider_traits pt WHERE pt.provider_uuid = rp.uuid AND pt.trait = ")
@@ -963,20 +983,22 @@ pub async fn allocation_candidates(
         return Ok(vec![]);
     }
     let uuids: Vec<String> = providers.iter().map(|p| p.uuid.clone()).collect();
+    // Inventories with usage, for every chosen provider, in one query.
     let mut q = Sql::new(
-        "SELECT provider_uuid, resource_class, total, reserved, min_unit, max_unit, step_size, \
-         allocation_ratio FROM inventories WHERE provider_uuid IN (",
+        "SELECT i.provider_uuid, i.resource_class, i.total, i.reserved, i.min_unit, i.max_unit, \
+         i.step_size, i.allocation_ratio, CAST(COALESCE(u.used, 0) AS BIGINT) AS used \
+         FROM inventories i LEFT JOIN (SELECT a.provider_uuid, a.resource_class, SUM(a.used) AS used \
+         FROM allocations a WHERE a.provider_uuid IN (",
     );
     q.bind_list(uuids.clone())
-        .push(") ORDER BY provider_uuid, resource_class");
+        .push(
+            ") GROUP BY a.provider_uuid, a.resource_class) u \
+             ON u.provider_uuid = i.provider_uuid AND u.resource_class = i.resource_class \
+             WHERE i.provider_uuid IN (",
+        )
+        .bind_list(uuids.clone())
+        .push(") ORDER BY i.provider_uuid, i.resource_class");
     let invs: Vec<ProviderInventory> = q.fetch_all(&mut *conn).await?;
-    let mut q = Sql::new(
-        "SELECT provider_uuid, resource_class, CAST(SUM(used) AS BIGINT) FROM allocations \
-         WHERE provider_uuid IN (",
-    );
-    q.bind_list(uuids.clone())
-        .push(") GROUP BY provider_uuid, resource_class");
-    let used: Vec<(String, String, i64)> = q.fetch_all(&mut *conn).await?;
     let mut q =
         Sql::new("SELECT provider_uuid, trait FROM provider_traits WHERE provider_uuid IN (");
     q.bind_list(uuids).push(") ORDER BY provider_uuid, trait");
@@ -998,12 +1020,11 @@ pub async fn allocation_candidates(
         .collect();
     for pi in invs {
         if let Some(c) = by_uuid.get_mut(&pi.provider_uuid) {
+            if pi.used > 0 {
+                c.usages
+                    .insert(pi.inventory.resource_class.clone(), pi.used);
+            }
             c.inventories.push(pi.inventory);
-        }
-    }
-    for (p, rc, n) in used {
-        if let Some(c) = by_uuid.get_mut(&p) {
-            c.usages.insert(rc, n);
         }
     }
     for (p, t) in traits {
