@@ -227,20 +227,12 @@ fn push_filter(q: &mut Sql, f: &ProviderFilter) {
     }
     if !f.resources.is_empty() {
         // The providers with, for every requested class, an inventory whose
-        // unit rules accept the amount and whose free capacity holds it:
-        // one grouped pass over inventories and usage (not a subquery per
-        // provider). Comparing the float capacity with an integer is the
-        // same as comparing its floor.
-        q.push(
-            " AND rp.uuid IN (SELECT i.provider_uuid FROM inventories i LEFT JOIN \
-             (SELECT a.provider_uuid, a.resource_class, SUM(a.used) AS used FROM allocations a \
-             WHERE a.resource_class IN (",
-        )
-        .bind_list(f.resources.iter().map(|(rc, _)| rc.clone()))
-        .push(
-            ") GROUP BY a.provider_uuid, a.resource_class) u \
-             ON u.provider_uuid = i.provider_uuid AND u.resource_class = i.resource_class WHERE ",
-        );
+        // unit rules accept the amount and whose free capacity holds it: one
+        // pass over the inventories of the requested classes, with usage
+        // from the `used` column that allocation writes keep in step.
+        // Comparing the float capacity with an integer is the same as
+        // comparing its floor.
+        q.push(" AND rp.uuid IN (SELECT i.provider_uuid FROM inventories i WHERE ");
         for (n, (rc, amount)) in f.resources.iter().enumerate() {
             if n > 0 {
                 q.push(" OR ");
@@ -255,7 +247,7 @@ fn push_filter(q: &mut Sql, f: &ProviderFilter) {
                 .bind(*amount)
                 .push(" % i.step_size = 0 AND (i.total - i.reserved) * i.allocation_ratio >= ")
                 .bind(*amount)
-                .push(" + COALESCE(u.used, 0))");
+                .push(" + i.used)");
         }
         q.push(" GROUP BY i.provider_uuid HAVING COUNT(*) = ")
             .bind(f.resources.len() as i64)
@@ -522,7 +514,37 @@ pub async fn replace_inventories(
         .execute(&mut *conn)
         .await?;
     }
+    recompute_usage(conn, uuid).await
+}
+
+/// Brings `inventories.used` of a locked provider in step with its
+/// allocations.
+async fn recompute_usage(conn: &mut AnyConnection, uuid: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE inventories SET used = COALESCE((SELECT CAST(SUM(a.used) AS BIGINT) FROM allocations a \
+         WHERE a.provider_uuid = inventories.provider_uuid AND a.resource_class = inventories.resource_class), 0) \
+         WHERE provider_uuid = $1",
+    )
+    .bind(uuid)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
+}
+
+/// Inventories whose `used` disagrees with their allocations (for tests
+/// and audits): `(provider, class, used column, sum of allocations)`.
+pub async fn usage_drift<'e>(
+    ex: impl Executor<'e, Database = Any>,
+) -> Result<Vec<(String, String, i64, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT i.provider_uuid, i.resource_class, i.used, \
+         COALESCE((SELECT CAST(SUM(a.used) AS BIGINT) FROM allocations a \
+         WHERE a.provider_uuid = i.provider_uuid AND a.resource_class = i.resource_class), 0) AS total_used \
+         FROM inventories i WHERE i.used <> COALESCE((SELECT CAST(SUM(a.used) AS BIGINT) FROM allocations a \
+         WHERE a.provider_uuid = i.provider_uuid AND a.resource_class = i.resource_class), 0)",
+    )
+    .fetch_all(ex)
+    .await?)
 }
 
 // ---- resource classes and traits ------------------------------------------------------
@@ -951,6 +973,9 @@ pub async fn write_allocations(
             }
         }
     }
+    for p in &touched {
+        recompute_usage(conn, p).await?;
+    }
     Ok(())
 }
 
@@ -985,19 +1010,11 @@ pub async fn allocation_candidates(
     let uuids: Vec<String> = providers.iter().map(|p| p.uuid.clone()).collect();
     // Inventories with usage, for every chosen provider, in one query.
     let mut q = Sql::new(
-        "SELECT i.provider_uuid, i.resource_class, i.total, i.reserved, i.min_unit, i.max_unit, \
-         i.step_size, i.allocation_ratio, CAST(COALESCE(u.used, 0) AS BIGINT) AS used \
-         FROM inventories i LEFT JOIN (SELECT a.provider_uuid, a.resource_class, SUM(a.used) AS used \
-         FROM allocations a WHERE a.provider_uuid IN (",
+        "SELECT provider_uuid, resource_class, total, reserved, min_unit, max_unit, step_size, \
+         allocation_ratio, used FROM inventories WHERE provider_uuid IN (",
     );
     q.bind_list(uuids.clone())
-        .push(
-            ") GROUP BY a.provider_uuid, a.resource_class) u \
-             ON u.provider_uuid = i.provider_uuid AND u.resource_class = i.resource_class \
-             WHERE i.provider_uuid IN (",
-        )
-        .bind_list(uuids.clone())
-        .push(") ORDER BY i.provider_uuid, i.resource_class");
+        .push(") ORDER BY provider_uuid, resource_class");
     let invs: Vec<ProviderInventory> = q.fetch_all(&mut *conn).await?;
     let mut q =
         Sql::new("SELECT provider_uuid, trait FROM provider_traits WHERE provider_uuid IN (");
