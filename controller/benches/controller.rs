@@ -27,6 +27,14 @@ use mica_controller::testing::{ADMIN_PASSWORD, TestCloud};
 use serde_json::{Value, json};
 
 fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs bench
+    // binaries without it, and should not spend minutes here.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "controller benchmarks: run them with `cargo bench -p mica-controller --bench controller`"
+        );
+        return;
+    }
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
