@@ -25,6 +25,7 @@ out="$cache/images/$key"
 
 if [ "${1:-}" = "--print-dir" ]; then echo "$out"; exit 0; fi
 if [ -f "$out/tiny.ext4" ] && [ -f "$out/tiny.initramfs" ] && [ -f "$out/stock/initramfs" ]; then
+    echo "images: up to date ($out)" >&2
     echo "$out"
     exit 0
 fi

@@ -27,6 +27,7 @@ out="$cache/nested/$key"
 
 if [ "${1:-}" = "--print-dir" ]; then echo "$out"; exit 0; fi
 if [ -f "$out/vmlinux" ] && [ -f "$out/initramfs" ] && [ -d "$out/modules" ]; then
+    echo "nested: up to date ($out)" >&2
     echo "$out"
     exit 0
 fi
