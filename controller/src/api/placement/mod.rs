@@ -238,11 +238,7 @@ fn require_json(headers: &HeaderMap) -> Result<()> {
     }
 }
 
-async fn body_json(
-    app: &State,
-    headers: &HeaderMap,
-    body: axum::body::Body,
-) -> Result<Value> {
+async fn body_json(app: &State, headers: &HeaderMap, body: axum::body::Body) -> Result<Value> {
     require_json(headers)?;
     let bytes = super::read_limited(body, app.config.api.max_json_body_bytes).await?;
     super::parse_json(&bytes)
@@ -292,11 +288,7 @@ fn generation_field(o: &Map<String, Value>) -> Result<i64> {
         .ok_or_else(|| invalid("'resource_provider_generation' is a required property"))
 }
 
-fn with_last_modified(
-    mut resp: Response,
-    mv: Mv,
-    when: &crate::db::Timestamp,
-) -> Response {
+fn with_last_modified(mut resp: Response, mv: Mv, when: &crate::db::Timestamp) -> Response {
     if mv.at_least(15) {
         let t: std::time::SystemTime = when.0.into();
         if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(t)) {
