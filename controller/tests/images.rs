@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Caller, Env, nova_error};
+use futures_util::StreamExt;
 use md5::Digest;
 use mica_controller::db::Backend;
 use reqwest::{Method, StatusCode};
@@ -17,6 +18,7 @@ both_databases!(
     oversized_uploads_are_413_and_leave_nothing,
     truncated_upload_stays_queued,
     killed_upload_is_recovered_at_start,
+    abandoned_upload_future_is_undone,
     qcow2_is_validated,
     listing_pages_and_filters,
     visibility_across_projects,
@@ -310,6 +312,46 @@ async fn killed_upload_is_recovered_at_start(backend: Backend) {
     assert_eq!(n, 1);
     assert!(!temp.exists());
     assert_eq!(show(&env, &admin, &id).await["status"], "queued");
+    env.stop().await;
+}
+
+/// The upload's future dropped mid-body (as hyper does when a connection
+/// dies, or shutdown after its grace): the image is requeued, no file left.
+async fn abandoned_upload_future_is_undone(backend: Backend) {
+    let env = Env::start(backend).await;
+    let admin = env.admin().await;
+    let img = create(
+        &env,
+        &admin,
+        json!({"name": "a", "disk_format": "raw", "container_format": "bare"}),
+    )
+    .await;
+    let id = img["id"].as_str().unwrap().to_owned();
+    let app = env.cloud.app.clone();
+    let ctx = mica_controller::app::identity::validate_token(&app, &admin.token)
+        .await
+        .unwrap();
+    let first: Result<bytes::Bytes, std::io::Error> = Ok(bytes::Bytes::from(random_bytes(1 << 20)));
+    let body = futures_util::stream::iter([first]).chain(futures_util::stream::pending());
+    let upload = mica_controller::app::images::upload(&app, &ctx, &id, None, Box::pin(body));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), upload)
+            .await
+            .is_err()
+    );
+    let mut status = String::new();
+    for _ in 0..50 {
+        status = show(&env, &admin, &id).await["status"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if status == "queued" && store_entries(&env).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, "queued");
+    assert!(store_entries(&env).is_empty(), "{:?}", store_entries(&env));
     env.stop().await;
 }
 

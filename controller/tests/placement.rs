@@ -73,6 +73,14 @@ async fn set_inventory(env: &Env, who: &Caller, rp: &str, inv: Value) -> Value {
     r.json().await.unwrap()
 }
 
+/// The denormalized usage column agrees with the allocations.
+async fn assert_no_drift(env: &Env) {
+    let drift = mica_controller::db::placement::usage_drift(env.cloud.app.db.pool())
+        .await
+        .unwrap();
+    assert!(drift.is_empty(), "{drift:?}");
+}
+
 async fn microversions_are_negotiated(backend: Backend) {
     let env = Env::start(backend).await;
     let admin = env.admin().await;
@@ -1081,6 +1089,7 @@ async fn allocations_usages_and_candidates(backend: Backend) {
         404,
     )
     .await;
+    assert_no_drift(&env).await;
     env.stop().await;
 }
 
@@ -1171,6 +1180,7 @@ async fn inventory_below_usage_is_refused(backend: Backend) {
     // Exactly at usage is allowed.
     let r = try_put(json!({"VCPU": {"total": 6}, "DISK_GB": {"total": 10}})).await;
     assert_eq!(r.status(), StatusCode::OK);
+    assert_no_drift(&env).await;
     env.stop().await;
 }
 
@@ -1229,6 +1239,7 @@ async fn fifty_concurrent_claims_for_twenty_slots_over_http(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(b["allocations"].as_object().unwrap().len(), 20);
+    assert_no_drift(&env).await;
     Arc::into_inner(env).unwrap().stop().await;
 }
 
@@ -1296,6 +1307,7 @@ async fn fifty_concurrent_scheduler_claims_for_twenty_slots(backend: Backend) {
         .unwrap();
     assert_eq!(used["VCPU"], 20);
     eprintln!("{conflicts} generation conflicts retried");
+    assert_no_drift(&env).await;
     env.stop().await;
 }
 

@@ -23,7 +23,7 @@ CREATE TABLE images (
     generation       BIGINT NOT NULL DEFAULT 1
 );
 CREATE INDEX images_owner_idx ON images (owner);
-CREATE INDEX images_created_idx ON images (created_at, id);
+CREATE INDEX images_created_idx ON images ((created_at COLLATE "C"), (id COLLATE "C"));
 CREATE INDEX images_name_idx ON images (name);
 CREATE INDEX images_visibility_idx ON images (visibility);
 

@@ -30,6 +30,9 @@ CREATE TABLE inventories (
     max_unit         BIGINT NOT NULL,
     step_size        BIGINT NOT NULL DEFAULT 1,
     allocation_ratio DOUBLE PRECISION NOT NULL DEFAULT 1.0,
+    -- SUM(allocations.used) of this provider and class, kept in step by
+    -- every allocation write (denormalized for the candidates query).
+    used             BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (provider_uuid, resource_class)
 );
 CREATE INDEX inventories_class_idx ON inventories (resource_class);

@@ -1,10 +1,19 @@
 //! The conductor interface for compute agents, on the topic `conductor`.
 //!
-//! Interface version 1.0. Agents never touch the database: they register,
-//! heartbeat, report their resources, and report the outcome of what
-//! [`crate::compute`] asked of them, all through these methods. Reports carry
-//! the VMM id they are about, so a late report about an older VMM incarnation
-//! cannot roll an instance's state back.
+//! Interface version 1.0, with two kinds of callers:
+//!
+//! - **The API** hands over work it accepted: new instances to schedule and
+//!   build, and instance actions whose state it checked (the conductor reads
+//!   the details from the database it shares with the API).
+//! - **Agents**, which never touch the database: they register, heartbeat,
+//!   report their resources, and report the outcome of what [`crate::compute`]
+//!   asked of them. Reports carry the VMM id they are about, so a late report
+//!   about an older VMM incarnation cannot roll an instance's state back.
+//!
+//! | method | caller | kind |
+//! |---|---|---|
+//! | [`ScheduleAndBuild`] | API | cast |
+//! | [`RunInstanceAction`] | API | cast |
 //!
 //! | method | kind |
 //! |---|---|
@@ -26,6 +35,58 @@ use crate::{Method, Version};
 
 /// The version of this interface the conductor serves.
 pub const VERSION: Version = Version::new(1, 0);
+
+/// The API created these instances (`vm_state` building, `task_state`
+/// scheduling): schedule them as one request (a multi-create shares one
+/// scheduling decision loop) and build each. Nova's
+/// `schedule_and_build_instances`.
+pub struct ScheduleAndBuild;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleAndBuildRequest {
+    /// The API request's id (`x-openstack-request-id`), for the instance actions.
+    pub request_id: String,
+    pub instance_uuids: Vec<String>,
+}
+
+impl Method for ScheduleAndBuild {
+    const NAME: &'static str = "schedule_and_build";
+    type Request = ScheduleAndBuildRequest;
+    type Response = ();
+}
+
+/// An action on an existing instance, accepted by the API after its state
+/// check (the API already set the `task_state` and recorded the instance
+/// action).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum InstanceAction {
+    Stop,
+    Start,
+    Reboot { hard: bool },
+    Pause,
+    Unpause,
+    Suspend,
+    Resume,
+    Delete,
+}
+
+/// Route an accepted instance action to the instance's host and see it through.
+pub struct RunInstanceAction;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInstanceActionRequest {
+    pub request_id: String,
+    pub instance_uuid: String,
+    #[serde(flatten)]
+    pub action: InstanceAction,
+}
+
+impl Method for RunInstanceAction {
+    const NAME: &'static str = "run_instance_action";
+    type Request = RunInstanceActionRequest;
+    type Response = ();
+}
 
 /// An agent announces itself at start (creates or refreshes its service record).
 pub struct ServiceRegister;

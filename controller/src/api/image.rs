@@ -434,14 +434,18 @@ async fn upload(
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<StatusCode> {
+) -> Response {
     let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let stream = body.into_data_stream();
-    app::upload(&app, &ctx, &id, length, stream).await?;
-    Ok(StatusCode::NO_CONTENT)
+    match app::upload(&app, &ctx, &id, length, stream).await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        // (`request_context` adds `Connection: close`: the rest of the body
+        // may be unread.)
+        Err(e) => e.into_response(),
+    }
 }
 
 /// Downloads image data (204 when the image has none).

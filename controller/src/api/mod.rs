@@ -79,9 +79,22 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
         user_id = tracing::field::Empty,
     );
     let started = Instant::now();
+    let has_body = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v != "0")
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
     async move {
         let mut resp = next.run(req).await;
         let status = resp.status().as_u16();
+        if has_body && status >= 400 {
+            // An error may leave part of the request body unread; then the
+            // connection can't carry another request, and saying so keeps
+            // clients from reusing it.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         tracing::info!(
             status,
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,

@@ -927,44 +927,101 @@ where
         )));
     }
     let temp = app.images.temp_path(id);
+    // From here until the image is `active`, dropping this future (the
+    // client went away, shutdown ran out of grace) must still leave the
+    // image `queued` with no data: the guard does it when not disarmed.
+    let mut guard = UploadGuard {
+        db: app.db.clone(),
+        id: id.to_owned(),
+        temp: temp.clone(),
+        final_path: None,
+        armed: true,
+    };
     let outcome = receive(&temp, body, limit, img.row.disk_format.as_deref()).await;
     let result = match outcome {
         Ok(data) => {
             let final_path = app.images.path(id);
             match tokio::fs::rename(&temp, &final_path).await {
-                Ok(()) => match store::finish_upload(app.db.pool(), id, &data).await {
-                    Ok(true) => Ok(()),
-                    Ok(false) => {
+                Ok(()) => {
+                    guard.final_path = Some(final_path.clone());
+                    match store::finish_upload(app.db.pool(), id, &data).await {
+                        Ok(true) => Ok(()),
                         // Deleted (or reset) while we were receiving.
-                        let _ = tokio::fs::remove_file(&final_path).await;
-                        Err(Error::conflict(format!(
+                        Ok(false) => Err(Error::conflict(format!(
                             "Image {id} was deleted or changed during the upload."
-                        )))
+                        ))),
+                        Err(e) => Err(e),
                     }
-                    Err(e) => {
-                        let _ = tokio::fs::remove_file(&final_path).await;
-                        Err(e)
-                    }
-                },
+                }
                 Err(e) => Err(Error::internal("moving the upload into place", e)),
             }
         }
         Err(e) => Err(e),
     };
     if let Err(e) = result {
-        let _ = tokio::fs::remove_file(&temp).await;
-        if let Err(reset) = store::set_status(app.db.pool(), id, "saving", "queued").await {
-            tracing::error!(image = id, error = ?reset, "could not requeue image after a failed upload");
-        }
+        guard.armed = false;
+        guard.clean_up().await;
         if !e.is(Kind::Internal) {
             tracing::info!(image = id, error = %e, "upload refused");
         }
         return Err(e);
     }
+    guard.armed = false;
     let mut conn = app.db.pool().acquire().await?;
     store::get_image(&mut conn, id)
         .await?
         .ok_or_else(|| not_found(id))
+}
+
+/// Undoes an upload that did not finish: removes its data and puts the
+/// image back to `queued`.
+struct UploadGuard {
+    db: crate::db::Db,
+    id: String,
+    temp: PathBuf,
+    final_path: Option<PathBuf>,
+    armed: bool,
+}
+
+impl UploadGuard {
+    async fn clean_up(&self) {
+        let _ = tokio::fs::remove_file(&self.temp).await;
+        if let Some(f) = &self.final_path {
+            let _ = tokio::fs::remove_file(f).await;
+        }
+        if let Err(e) = store::set_status(self.db.pool(), &self.id, "saving", "queued").await {
+            tracing::error!(image = %self.id, error = ?e, "could not requeue image after a failed upload");
+        }
+    }
+}
+
+impl Drop for UploadGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        tracing::warn!(image = %self.id, "upload abandoned; requeueing the image");
+        let this = UploadGuard {
+            db: self.db.clone(),
+            id: std::mem::take(&mut self.id),
+            temp: std::mem::take(&mut self.temp),
+            final_path: self.final_path.take(),
+            armed: false,
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move { this.clean_up().await });
+            }
+            Err(_) => {
+                // No runtime left (the process is exiting): leave the
+                // temporary file as the marker that the next start's
+                // `recover_interrupted_uploads` turns into a requeue.
+                if let Some(f) = &this.final_path {
+                    let _ = std::fs::rename(f, &this.temp);
+                }
+            }
+        }
+    }
 }
 
 fn too_big(limit: u64) -> Error {

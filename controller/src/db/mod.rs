@@ -375,7 +375,16 @@ pub fn is_retryable(e: &Error) -> bool {
             let code = db.code();
             return matches!(
                 code.as_deref(),
-                Some("40001") | Some("40P01") | Some("5") | Some("6") | Some("517") | Some("261")
+                // PostgreSQL: serialization failure, deadlock. SQLite: BUSY,
+                // LOCKED and their extended codes.
+                Some("40001")
+                    | Some("40P01")
+                    | Some("5")
+                    | Some("261")
+                    | Some("517")
+                    | Some("773")
+                    | Some("6")
+                    | Some("262")
             );
         }
         cur = err.source();

@@ -96,12 +96,13 @@ impl Inventory {
     }
 }
 
-/// An inventory with its provider.
+/// An inventory with its provider and usage.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 struct ProviderInventory {
     provider_uuid: String,
     #[sqlx(flatten)]
     inventory: Inventory,
+    used: i64,
 }
 
 /// One allocation row.
@@ -224,22 +225,33 @@ fn push_filter(q: &mut Sql, f: &ProviderFilter) {
             .bind_list(group.clone())
             .push("))");
     }
-    for (rc, amount) in &f.resources {
-        // The provider has an inventory of the class whose unit rules accept
-        // the amount and whose free capacity holds it. Comparing the float
-        // capacity with an integer is the same as comparing its floor.
-        q.push(" AND EXISTS (SELECT 1 FROM inventories i WHERE i.provider_uuid = rp.uuid AND i.resource_class = ")
-            .bind(rc.clone())
-            .push(" AND i.min_unit <= ")
-            .bind(*amount)
-            .push(" AND i.max_unit >= ")
-            .bind(*amount)
-            .push(" AND ")
-            .bind(*amount)
-            .push(" % i.step_size = 0 AND (i.total - i.reserved) * i.allocation_ratio >= ")
-            .bind(*amount)
-            .push(" + COALESCE((SELECT CAST(SUM(a.used) AS BIGINT) FROM allocations a \
-                   WHERE a.provider_uuid = i.provider_uuid AND a.resource_class = i.resource_class), 0))");
+    if !f.resources.is_empty() {
+        // The providers with, for every requested class, an inventory whose
+        // unit rules accept the amount and whose free capacity holds it: one
+        // pass over the inventories of the requested classes, with usage
+        // from the `used` column that allocation writes keep in step.
+        // Comparing the float capacity with an integer is the same as
+        // comparing its floor.
+        q.push(" AND rp.uuid IN (SELECT i.provider_uuid FROM inventories i WHERE ");
+        for (n, (rc, amount)) in f.resources.iter().enumerate() {
+            if n > 0 {
+                q.push(" OR ");
+            }
+            q.push("(i.resource_class = ")
+                .bind(rc.clone())
+                .push(" AND i.min_unit <= ")
+                .bind(*amount)
+                .push(" AND i.max_unit >= ")
+                .bind(*amount)
+                .push(" AND ")
+                .bind(*amount)
+                .push(" % i.step_size = 0 AND (i.total - i.reserved) * i.allocation_ratio >= ")
+                .bind(*amount)
+                .push(" + i.used)");
+        }
+        q.push(" GROUP BY i.provider_uuid HAVING COUNT(*) = ")
+            .bind(f.resources.len() as i64)
+            .push(")");
     }
     for t in &f.required {
         q.push(" AND EXISTS (SELECT 1 FROM provider_traits pt WHERE pt.provider_uuid = rp.uuid AND pt.trait = ")
@@ -502,7 +514,37 @@ pub async fn replace_inventories(
         .execute(&mut *conn)
         .await?;
     }
+    recompute_usage(conn, uuid).await
+}
+
+/// Brings `inventories.used` of a locked provider in step with its
+/// allocations.
+async fn recompute_usage(conn: &mut AnyConnection, uuid: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE inventories SET used = COALESCE((SELECT CAST(SUM(a.used) AS BIGINT) FROM allocations a \
+         WHERE a.provider_uuid = inventories.provider_uuid AND a.resource_class = inventories.resource_class), 0) \
+         WHERE provider_uuid = $1",
+    )
+    .bind(uuid)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
+}
+
+/// Inventories whose `used` disagrees with their allocations (for tests
+/// and audits): `(provider, class, used column, sum of allocations)`.
+pub async fn usage_drift<'e>(
+    ex: impl Executor<'e, Database = Any>,
+) -> Result<Vec<(String, String, i64, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT i.provider_uuid, i.resource_class, i.used, \
+         COALESCE((SELECT CAST(SUM(a.used) AS BIGINT) FROM allocations a \
+         WHERE a.provider_uuid = i.provider_uuid AND a.resource_class = i.resource_class), 0) AS total_used \
+         FROM inventories i WHERE i.used <> COALESCE((SELECT CAST(SUM(a.used) AS BIGINT) FROM allocations a \
+         WHERE a.provider_uuid = i.provider_uuid AND a.resource_class = i.resource_class), 0)",
+    )
+    .fetch_all(ex)
+    .await?)
 }
 
 // ---- resource classes and traits ------------------------------------------------------
@@ -931,6 +973,9 @@ pub async fn write_allocations(
             }
         }
     }
+    for p in &touched {
+        recompute_usage(conn, p).await?;
+    }
     Ok(())
 }
 
@@ -963,20 +1008,14 @@ pub async fn allocation_candidates(
         return Ok(vec![]);
     }
     let uuids: Vec<String> = providers.iter().map(|p| p.uuid.clone()).collect();
+    // Inventories with usage, for every chosen provider, in one query.
     let mut q = Sql::new(
         "SELECT provider_uuid, resource_class, total, reserved, min_unit, max_unit, step_size, \
-         allocation_ratio FROM inventories WHERE provider_uuid IN (",
+         allocation_ratio, used FROM inventories WHERE provider_uuid IN (",
     );
     q.bind_list(uuids.clone())
         .push(") ORDER BY provider_uuid, resource_class");
     let invs: Vec<ProviderInventory> = q.fetch_all(&mut *conn).await?;
-    let mut q = Sql::new(
-        "SELECT provider_uuid, resource_class, CAST(SUM(used) AS BIGINT) FROM allocations \
-         WHERE provider_uuid IN (",
-    );
-    q.bind_list(uuids.clone())
-        .push(") GROUP BY provider_uuid, resource_class");
-    let used: Vec<(String, String, i64)> = q.fetch_all(&mut *conn).await?;
     let mut q =
         Sql::new("SELECT provider_uuid, trait FROM provider_traits WHERE provider_uuid IN (");
     q.bind_list(uuids).push(") ORDER BY provider_uuid, trait");
@@ -998,12 +1037,11 @@ pub async fn allocation_candidates(
         .collect();
     for pi in invs {
         if let Some(c) = by_uuid.get_mut(&pi.provider_uuid) {
+            if pi.used > 0 {
+                c.usages
+                    .insert(pi.inventory.resource_class.clone(), pi.used);
+            }
             c.inventories.push(pi.inventory);
-        }
-    }
-    for (p, rc, n) in used {
-        if let Some(c) = by_uuid.get_mut(&p) {
-            c.usages.insert(rc, n);
         }
     }
     for (p, t) in traits {
