@@ -12,6 +12,8 @@ packages=(
     busybox-static e2fsprogs cpio zstd xz-utils kmod
     # the nested test host (real KVM under QEMU's software CPU)
     qemu-system-x86
+    # the compute agent converts qcow2 images to raw
+    qemu-utils
     # compute host networking
     iproute2 nftables dnsmasq-base iperf3 socat
     # production control plane
