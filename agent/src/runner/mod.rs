@@ -187,7 +187,7 @@ impl VmmHandle {
             Ok(fd) => fd,
             Err(source) => {
                 let _ = child.kill();
-                let _ = child.wait();
+                reap_in_background(child);
                 return Err(RunnerError::Watch { pid, source });
             }
         };
@@ -210,7 +210,15 @@ impl VmmHandle {
             }
             if Instant::now() > deadline {
                 let _ = pidfd.signal(libc::SIGKILL);
-                let _ = child.wait();
+                // A process stuck in the kernel (KVM) may take its time to
+                // die: never block the runtime on it.
+                for _ in 0..500 {
+                    if pidfd.exited() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                reap_in_background(child);
                 return Err(RunnerError::StartTimeout {
                     after: launch.start_timeout,
                     log_tail: log_tail(&launch.log),
@@ -382,6 +390,19 @@ impl VmmHandle {
             vmm_id: self.vmm_id.clone(),
         }
     }
+}
+
+/// Waits for a child on a thread of its own (it may not be dead yet), so it
+/// does not stay a zombie and nobody async waits for it.
+fn reap_in_background(mut child: std::process::Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("reaper".into())
+        .spawn(move || {
+            let _ = child.wait();
+        });
 }
 
 fn status_of(state: VmState) -> VmmStatus {

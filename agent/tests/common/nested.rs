@@ -449,6 +449,14 @@ impl Drop for NestedCompute {
                 logs.join(format!("{}-agent.log", self.name)),
             );
         }
+        if std::thread::panicking() && self.host.console_log().contains("soft lockup") {
+            eprintln!(
+                "NOTE: L1's kernel reported soft lockups (see target/nested-logs/{}-*.log): \
+                 the nested test host itself froze (QEMU TCG with nested SVM), which no \
+                 process in it survives",
+                self.name
+            );
+        }
         if std::thread::panicking() {
             eprintln!("--- agent log (tail) ---\n{}", tail(&self.agent_log(), 120));
         }
