@@ -200,8 +200,60 @@ async fn a_build_runs_a_vmm_through_every_power_action_and_terminate_removes_it(
         .await;
     let host = Host::start(&bus, "stub-1", mica_tests::artifacts::counter_guest()).await;
 
+    // Placement hears of the real machine: online CPUs, MemTotal less the
+    // reserve, the state folder's file system; cpuid traits.
+    let p = conductor.provider("stub-1").expect("inventory reported");
+    let cpus = mica_agent::resources::online_cpus();
+    assert_eq!(p.inventories["VCPU"].total, cpus);
+    assert_eq!(p.inventories["VCPU"].allocation_ratio, 4.0);
+    let mem_mb = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .parse::<u64>()
+        .unwrap()
+        / 1024;
+    assert_eq!(p.inventories["MEMORY_MB"].total, mem_mb);
+    assert_eq!(p.inventories["MEMORY_MB"].reserved, 512);
+    let disk = mica_agent::sys::fs_space(&host.config.agent.state_dir)
+        .unwrap()
+        .total
+        >> 30;
+    assert_eq!(p.inventories["DISK_GB"].total, disk);
+    for t in [
+        "HW_CPU_X86_SSE2",
+        "COMPUTE_ARCH_X86_64",
+        "COMPUTE_IMAGE_TYPE_QCOW2",
+    ] {
+        assert!(p.traits.contains(&t.to_owned()), "{t} in {:?}", p.traits);
+    }
+    assert_eq!(p.hypervisor.hypervisor_type, "mica");
+    assert_eq!(p.hypervisor.running_vms, 0);
+
     let (uuid, vmm1) = built(&conductor, "stub-1", image.clone(), 64).await;
     let dir = host.instance_dir(&uuid);
+    // ... and of the VM now running.
+    let running = conductor
+        .wait_for(T, |r| match r {
+            Report::Provider(p) if p.host == "stub-1" && p.hypervisor.running_vms == 1 => Some(()),
+            _ => None,
+        })
+        .await;
+    assert!(running.is_some(), "running_vms reported");
+    // A cleanup while an instance uses the image keeps it, however old.
+    let mut cfg = host.config.clone();
+    cfg.images.remove_unused_after_s = 0;
+    let cleaner = VmmBackend::new("stub-1", &cfg).unwrap();
+    mica_agent::Backend::housekeeping(&cleaner).await;
+    let cached = cfg
+        .agent
+        .state_dir
+        .join("images")
+        .join(format!("{}.raw", image.id));
+    assert!(cached.exists(), "an image in use is kept");
     // The root disk: the image, grown to the flavor's 1 GB, sparse.
     let root = std::fs::metadata(dir.join("root.raw")).unwrap();
     assert_eq!(root.len(), 1 << 30);
@@ -352,17 +404,11 @@ async fn a_build_runs_a_vmm_through_every_power_action_and_terminate_removes_it(
     assert!(!dir.exists());
     assert!(!host.sock(&vmm4).exists());
 
-    // The image stays cached; unused and old enough, housekeeping removes it.
-    let cached = host
-        .config
-        .agent
-        .state_dir
-        .join("images")
-        .join(format!("{}.raw", image.id));
+    // The image stays cached; unused and old enough, housekeeping removes
+    // it (a day-old limit keeps it).
     assert!(cached.exists());
-    let mut cfg = host.config.clone();
-    cfg.images.remove_unused_after_s = 0;
-    let cleaner = VmmBackend::new("stub-1", &cfg).unwrap();
+    mica_agent::Backend::housekeeping(&host.backend).await;
+    assert!(cached.exists(), "used a moment ago: kept for a day");
     mica_agent::Backend::housekeeping(&cleaner).await;
     assert!(!cached.exists());
     host.shutdown().await;
