@@ -138,6 +138,7 @@ fn run(config: Config) -> ExitCode {
     // Colours only on a terminal: logs in files stay plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
