@@ -849,6 +849,7 @@ impl Inner {
             let _ = self.store.remove(&uuid);
         }
         let mut known_vmms = HashSet::new();
+        let mut adopted = Vec::new();
         for mut rec in records {
             known_vmms.insert(rec.vmm_id.clone());
             let uuid = rec.spec.uuid.clone();
@@ -880,6 +881,7 @@ impl Inner {
                             let _ = self.store.save(&rec);
                         }
                         self.register(&rec, h);
+                        adopted.push(rec);
                         continue;
                     }
                     Err(e) => {
@@ -898,6 +900,26 @@ impl Inner {
                     vmm_id: None,
                     power_state: PowerState::Shutdown,
                 });
+            }
+        }
+        // What the adopted instances need may have gone while the agent was
+        // away (a DHCP server killed, a ruleset flushed): make it again.
+        let mut networks: BTreeMap<String, mica_rpc::compute::NetworkSpec> = BTreeMap::new();
+        for rec in &adopted {
+            for port in &rec.spec.ports {
+                networks.insert(port.network.id.clone(), port.network.clone());
+            }
+        }
+        for (id, net) in &networks {
+            if let Err(e) = self.net.ensure_network(net, &self.dhcp_hosts(id)).await {
+                tracing::error!(network = %id, error = %error_chain(&e), "cannot restore a network of running instances");
+            }
+        }
+        for rec in &adopted {
+            for port in rec.spec.ports.iter().filter(|p| self.net.tap_exists(&p.id)) {
+                if let Err(e) = self.net.apply_firewall(port, &port.security_groups).await {
+                    tracing::error!(instance = %rec.spec.uuid, port = %port.id, error = %error_chain(&e), "cannot restore a port's firewall");
+                }
             }
         }
         // VMMs nobody knows of are left alone (never killed behind an

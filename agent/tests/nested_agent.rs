@@ -195,8 +195,15 @@ fn nested_a_restarted_agent_keeps_three_guests_running_and_adopts_them() {
 
     // The agent dies (SIGKILL: no chance to tidy up) and comes back.
     n.stop_agent("KILL");
-    std::thread::sleep(Duration::from_secs(1));
+    // While it is away, the network's DHCP server dies and someone deletes
+    // a guest's firewall table: the restarted agent makes them again.
+    let table = format!("mica_tap{}", &vms[0].0.ports[0].id[..11].replace('-', "_"));
+    n.sh(&format!(
+        "kill $(pgrep -x dnsmasq); nft delete table bridge {table}; sleep 1; ! pgrep -x dnsmasq"
+    ));
     n.start_agent();
+    let out = n.sh(&format!("pgrep -x dnsmasq; nft list table bridge {table}"));
+    assert!(out.contains("fa:16:3e:00:14:14"), "{out}");
     for ((_, vmm, addr), b) in vms.iter().zip(&before) {
         let now = n.vm_info(vmm).expect("the VMM still answers");
         assert_eq!(now["pid"], b["pid"], "the same VMM process");
