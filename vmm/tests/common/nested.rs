@@ -82,7 +82,12 @@ impl Nested {
 
     /// Starts a VM in L1. Its serial log goes to its folder unless `config`
     /// names another.
-    pub fn start_vm(&self, name: &str, mut config: Value) -> NestedVm<'_> {
+    pub fn start_vm(&self, name: &str, config: Value) -> NestedVm<'_> {
+        self.start_vm_with(name, config, "")
+    }
+
+    /// Starts a VM with `prefix` before the VMM's command (`ip netns exec X`).
+    pub fn start_vm_with(&self, name: &str, mut config: Value, prefix: &str) -> NestedVm<'_> {
         let dir = self.host.shared_dir().join("vms").join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -97,7 +102,7 @@ impl Nested {
         .unwrap();
         let sock = format!("/run/mica-{name}.sock");
         let script = format!(
-            "echo $$ > {l1_dir}/pid; exec {} --config {l1_dir}/vm.json --api-sock {sock} 2>{l1_dir}/vmm.err",
+            "echo $$ > {l1_dir}/pid; exec {prefix} {} --config {l1_dir}/vm.json --api-sock {sock} 2>{l1_dir}/vmm.err",
             vmm_bin().display()
         );
         let job = self.host.spawn(&script).unwrap();
