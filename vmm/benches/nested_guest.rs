@@ -132,7 +132,7 @@ fn main() {
         "head -c {size_mib}M /dev/urandom > /tmp/bench.img"
     ));
     let script = format!(
-        "mount -o ro /dev/vda /opt; \
+        "mkdir -p /opt; mount -o ro /dev/vda /opt; \
          /opt/bin/blkbench seqwrite /dev/vdb {size_mib} direct; \
          /opt/bin/blkbench seqread /dev/vdb {size_mib} direct; \
          /opt/bin/blkbench randread /dev/vdb {size_mib} direct; \
@@ -150,14 +150,21 @@ fn main() {
         }),
     );
     assert_eq!(
-        vm.wait_exit(Duration::from_secs(1200)),
+        vm.wait_exit_watching_l1(Duration::from_secs(1200)),
         0,
         "{}",
         vm.stderr()
     );
     let serial = vm.serial();
-    for line in serial.lines().filter(|l| l.contains("bytes=")) {
-        println!("virtio-blk in the guest (O_DIRECT): {}", line.trim());
+    let lines: Vec<&str> = serial.lines().filter(|l| l.contains("bytes=")).collect();
+    assert_eq!(
+        lines.len(),
+        3,
+        "blkbench did not report in the guest:\n{serial}"
+    );
+    for line in lines {
+        let at = line.find("seq").or_else(|| line.find("rand")).unwrap_or(0);
+        println!("virtio-blk in the guest (O_DIRECT): {}", line[at..].trim());
     }
     let blk = format!("{}/bin/blkbench", "/mica-job/tools");
     let host = n.sh(&format!(
@@ -183,7 +190,7 @@ fn main() {
         .spawn("exec ip netns exec mica-bench iperf3 -s -1 -p 5202 >/dev/null 2>&1")
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    let script = "mount -o ro /dev/vda /opt; \
+    let script = "mkdir -p /opt; mount -o ro /dev/vda /opt; \
                   /opt/bin/iperf3 -c 10.0.0.1 -p 5201 -t 10 -f m | grep -E 'sender|receiver' | sed 's/^/g2h /'; \
                   /opt/bin/iperf3 -c 10.0.0.1 -p 5202 -t 10 -f m -R | grep -E 'sender|receiver' | sed 's/^/h2g /'; \
                   poweroff";
@@ -197,8 +204,22 @@ fn main() {
         }),
         "ip netns exec mica-bench",
     );
-    assert_eq!(vm.wait_exit(Duration::from_secs(300)), 0, "{}", vm.stderr());
-    for line in vm.serial().lines().filter(|l| l.contains("bits/sec")) {
+    assert_eq!(
+        vm.wait_exit_watching_l1(Duration::from_secs(600)),
+        0,
+        "{}",
+        vm.stderr()
+    );
+    let serial = vm.serial();
+    let lines: Vec<&str> = serial.lines().filter(|l| l.contains("bits/sec")).collect();
+    assert_eq!(
+        lines.len(),
+        4,
+        "iperf3 did not report in the guest:\n{serial}"
+    );
+    for line in lines {
+        let at = line.find("g2h").or_else(|| line.find("h2g")).unwrap_or(0);
+        let line = &line[at..];
         let dir = if line.starts_with("g2h") {
             "guest -> host"
         } else {

@@ -9,7 +9,8 @@
 //! - memory overhead: the VMM's RSS minus the guest memory it touched, from
 //!   /proc/PID/smaps, 2 vCPUs / 256 MiB, idle stub, after a control request.
 //!
-//! `cargo bench -p mica-vmm --bench startup` (MICA_BENCH_RUNS=N, default 30).
+//! `cargo bench -p mica-vmm --bench startup` (MICA_BENCH_RUNS=N, default 30;
+//! MICA_VMM_BIN=path measures another build, such as `--profile vmm`).
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -22,8 +23,12 @@ use std::time::{Duration, Instant};
 use mica_tests::artifacts::{idle_guest, stub_guest};
 use serde_json::json;
 
+/// The VMM under test: `MICA_VMM_BIN` (e.g. target/vmm/mica-vmm, the deployment
+/// build), or the binary cargo built for this bench.
 fn vmm_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_mica-vmm"))
+    std::env::var_os("MICA_VMM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_mica-vmm")))
 }
 
 fn spawn(config: &serde_json::Value, dir: &Path, api: Option<&Path>) -> Child {
@@ -210,7 +215,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
-    println!("mica-vmm start-up on this machine's /dev/kvm ({runs} runs each)");
+    println!(
+        "mica-vmm start-up on this machine's /dev/kvm ({runs} runs each), binary {}",
+        vmm_bin().display()
+    );
     for (vcpus, mib) in [(1, 128), (2, 256)] {
         // One unmeasured run warms the page cache.
         first_instruction(vcpus, mib);

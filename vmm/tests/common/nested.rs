@@ -170,6 +170,33 @@ impl NestedVm<'_> {
         }
     }
 
+    /// Waits for the VMM to exit like [`NestedVm::wait_exit`], checking every
+    /// 20 s that L1 still runs jobs: under sustained heavy guest I/O the nested
+    /// host (QEMU's software CPU emulating SVM) can stall with all its vCPUs
+    /// idle, and then nothing would ever finish.
+    pub fn wait_exit_watching_l1(&self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.job.wait(Duration::from_secs(20)) {
+                Ok(out) => return out.code,
+                Err(_) if Instant::now() < deadline => {
+                    if self
+                        .nested
+                        .host
+                        .run_timeout("true", Duration::from_secs(60))
+                        .is_err()
+                    {
+                        panic!(
+                            "the nested host (L1) stopped running jobs: it stalled\n{}",
+                            self.report()
+                        );
+                    }
+                }
+                Err(e) => panic!("{e}\n{}", self.report()),
+            }
+        }
+    }
+
     /// A control-socket request from inside L1.
     pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
         let data = body
