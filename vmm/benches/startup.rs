@@ -215,10 +215,12 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
+    let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "mica-vmm start-up on this machine's /dev/kvm ({runs} runs each), binary {}",
         vmm_bin().display()
     );
+    println!("load average at start: {}", load().trim());
     for (vcpus, mib) in [(1, 128), (2, 256)] {
         // One unmeasured run warms the page cache.
         first_instruction(vcpus, mib);
@@ -251,4 +253,5 @@ fn main() {
         "memory overhead (RSS - guest RSS), 2 vCPU 256 MiB idle: {} (e.g. RSS {t} KiB, guest {g} KiB)",
         over.line(" MiB")
     );
+    println!("load average at end: {}", load().trim());
 }

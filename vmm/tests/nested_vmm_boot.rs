@@ -115,7 +115,9 @@ fn nested_linux_guest_lifecycle() {
         json!({
             "vcpus": 1, "memory_mib": 256,
             "kernel": vmlinux, "initrd": initrd,
-            "cmdline": tiny_cmdline("", Some(counter)),
+            // reboot=k: the guest resets through the i8042 (the kernel's default
+            // is the ACPI reset register, which the last guest below uses).
+            "cmdline": tiny_cmdline("reboot=k", Some(counter)),
             "serial": {"log": "/mica-job/vms/counter/serial.log", "socket": console},
         }),
     );
@@ -165,7 +167,8 @@ fn nested_linux_guest_lifecycle() {
     ));
     assert_eq!(vm.wait_exit(SECS(120)), 3, "{}", vm.stderr());
     assert!(
-        vm.stderr().contains("guest requested reset"),
+        vm.stderr()
+            .contains("guest requested reset (i8042 reset line)"),
         "{}",
         vm.stderr()
     );
@@ -192,4 +195,27 @@ fn nested_linux_guest_lifecycle() {
         vm.stderr()
     );
     assert!(vm.serial().contains(BANNER), "{}", vm.serial());
+
+    // --- `reboot` in the guest through the ACPI reset register (the kernel's
+    // default): exit code 3 ---
+    let vm = n.start_vm(
+        "acpi-reset",
+        json!({
+            "vcpus": 1, "memory_mib": 128, "kernel": vmlinux, "initrd": initrd,
+            "cmdline": tiny_cmdline("", Some("reboot")),
+        }),
+    );
+    assert_eq!(
+        vm.wait_exit(SECS(180)),
+        3,
+        "{}\n{}",
+        vm.serial(),
+        vm.stderr()
+    );
+    assert!(
+        vm.stderr()
+            .contains("guest requested reset (ACPI reset register)"),
+        "{}",
+        vm.stderr()
+    );
 }
