@@ -143,6 +143,22 @@ impl NestedVm<'_> {
         )
     }
 
+    /// Whether L1 still runs jobs.
+    fn l1_alive(&self) -> bool {
+        self.nested
+            .host
+            .run_timeout("true", Duration::from_secs(60))
+            .is_ok()
+    }
+
+    fn l1_state(&self) -> &'static str {
+        if self.l1_alive() {
+            "the nested host (L1) still runs jobs"
+        } else {
+            "the nested host (L1) stopped running jobs: L1 stalled (see wait_exit)"
+        }
+    }
+
     /// Waits until the console shows `needle`.
     pub fn wait_serial(&self, needle: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
@@ -153,20 +169,25 @@ impl NestedVm<'_> {
                     self.report()
                 );
             }
-            assert!(
-                Instant::now() < deadline,
-                "{needle:?} did not appear within {timeout:?}\n{}",
-                self.report()
-            );
+            if Instant::now() > deadline {
+                panic!(
+                    "{needle:?} did not appear within {timeout:?}; {}\n{}",
+                    self.l1_state(),
+                    self.report()
+                );
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    /// Waits for the VMM to exit; returns its exit code.
+    /// Waits for the VMM to exit; returns its exit code. On a timeout it says
+    /// whether L1 itself stalled: on a loaded machine, or under heavy guest
+    /// I/O, the nested host (QEMU's software CPU emulating SVM) can stop with
+    /// all its vCPUs idle, and then nothing in it ever finishes.
     pub fn wait_exit(&self, timeout: Duration) -> i32 {
         match self.job.wait(timeout) {
             Ok(out) => out.code,
-            Err(e) => panic!("{e}\n{}", self.report()),
+            Err(e) => panic!("{e}\n{}\n{}", self.l1_state(), self.report()),
         }
     }
 
