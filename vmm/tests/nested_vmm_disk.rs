@@ -85,20 +85,37 @@ fn nested_disks_persistence_read_only_and_stock_kernel() {
     vm.kill9();
     n.sh("sha256sum -c /tmp/data.sum");
 
-    // --- second boot after SIGKILL: the file is there ---
+    // --- second boot after SIGKILL: the file is there. Eight more disks put
+    // virtio devices on IOAPIC pins 16 and up; each must answer a read. ---
+    n.sh("for i in 1 2 3 4 5 6 7 8; do printf 'disk-%s-' $i | dd of=/tmp/extra$i.img conv=notrunc 2>/dev/null; truncate -s 1M /tmp/extra$i.img; done");
+    let mut many = disks.as_array().unwrap().clone();
+    for i in 1..=8 {
+        many.push(json!({"id": format!("extra{i}"), "path": format!("/tmp/extra{i}.img"), "read_only": true}));
+    }
+    let run = "echo found=$(cat /persist.txt); \
+               for d in /sys/block/vd*; do echo \"$(cat $d/serial)=$(head -c 6 /dev/${d##*/})\"; done; \
+               echo irqs: $(grep -c virtio /proc/interrupts); poweroff";
     let vm = n.start_vm(
         "disk2",
         json!({
-            "vcpus": 2, "memory_mib": 256, "kernel": vmlinux, "disks": disks,
-            "cmdline": tiny_cmdline("root=/dev/vda rw", Some("echo found=$(cat /persist.txt); poweroff")),
+            "vcpus": 2, "memory_mib": 256, "kernel": vmlinux, "disks": many,
+            "cmdline": tiny_cmdline("root=/dev/vda rw", Some(run)),
         }),
     );
     assert_eq!(vm.wait_exit(SECS(180)), 0, "{}", vm.stderr());
+    let serial = vm.serial();
     assert!(
-        vm.serial().contains(&format!("found={written}")),
-        "expected {written} after the restart:\n{}",
-        vm.serial()
+        serial.contains(&format!("found={written}")),
+        "expected {written} after the restart:\n{serial}"
     );
+    for i in 1..=8 {
+        assert!(
+            serial.contains(&format!("extra{i}=disk-{i}")),
+            "disk extra{i} did not answer:\n{serial}"
+        );
+    }
+    // Ten disks and the rng, each with its own interrupt line.
+    assert!(serial.contains("irqs: 11"), "{serial}");
 
     // --- Debian's cloud kernel: virtio found through ACPI, then its init ---
     n.sh("ip tuntap add dev tapstock mode tap && ip link set tapstock up");
