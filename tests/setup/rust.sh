@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks the Rust toolchain (edition 2024 needs Rust >= 1.85) and installs
+# Checks the Rust toolchain (Mica needs Rust >= 1.88: edition 2024, lapin 4) and installs
 # cargo-nextest, the test runner, when it is missing. Idempotent.
 set -euo pipefail
 if ! command -v cargo >/dev/null 2>&1; then
@@ -12,8 +12,8 @@ if ! command -v cargo >/dev/null 2>&1; then
     fi
 fi
 version=$(rustc --version | awk '{print $2}')
-if [ "$(printf '%s\n1.85.0\n' "$version" | sort -V | head -1)" != "1.85.0" ]; then
-    echo "rust: rustc $version is too old; Mica needs 1.85 or newer (rustup update stable)" >&2
+if [ "$(printf '%s\n1.88.0\n' "$version" | sort -V | head -1)" != "1.88.0" ]; then
+    echo "rust: rustc $version is too old; Mica needs 1.88 or newer (rustup update stable)" >&2
     exit 1
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then

@@ -154,6 +154,9 @@ impl Job<'_> {
 
 /// A running nested host. Dropping it powers L1 off (and kills QEMU if needed).
 pub struct NestedHost {
+    /// Held for the host's life: one nested host at a time on this machine (each
+    /// takes both cores), across test binaries, worktrees and CI runs.
+    _lock: fs::File,
     name: String,
     child: Child,
     dir: tempfile::TempDir,
@@ -241,9 +244,11 @@ impl NestedHost {
             .stderr(Stdio::piped())
             .process_group(0);
 
+        let lock = machine_lock()?;
         let started = Instant::now();
         let child = cmd.spawn().context("starting qemu-system-x86_64")?;
         let mut host = NestedHost {
+            _lock: lock,
             name: opts.name,
             child,
             dir,
@@ -375,6 +380,27 @@ impl Drop for NestedHost {
         }
         self.keep_log();
     }
+}
+
+/// Takes the machine-wide nested-host lock (`$MICA_CACHE/nested.lock`, default
+/// `~/.cache/mica`), waiting for whoever holds it.
+fn machine_lock() -> Result<fs::File> {
+    use std::os::fd::AsRawFd as _;
+    let cache = std::env::var_os("MICA_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/mica")))
+        .context("neither MICA_CACHE nor HOME is set")?;
+    fs::create_dir_all(&cache)?;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(cache.join("nested.lock"))?;
+    // SAFETY: flock on a descriptor we own; the lock is released when `file`
+    // is closed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("locking nested.lock");
+    }
+    Ok(file)
 }
 
 fn read_lossy(path: &Path) -> String {

@@ -1,0 +1,325 @@
+//! Roles, listeners and graceful shutdown.
+//!
+//! `mica-controller <role>…` runs one or more roles in one process:
+//!
+//! | role | what | state |
+//! |---|---|---|
+//! | `api` | the HTTP APIs, one listener each | identity, image, placement today; compute, network, metadata come with their issues |
+//! | `scheduler` | placement candidates → filters → weighers | not implemented yet |
+//! | `conductor` | multi-step operations as sagas | not implemented yet |
+//! | `console-proxy` | noVNC and serial WebSocket proxy | not implemented yet |
+//! | `all` | every role, migrations applied at start | runs what exists, says what doesn't |
+//!
+//! Asking for a role that does not exist yet by name fails at once with a
+//! clear message; `all` runs the implemented roles and logs, for each
+//! missing one, that it is not implemented yet.
+//!
+//! SIGINT or SIGTERM stops accepting connections and gives in-flight
+//! requests `[api] shutdown_grace_secs` to finish.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api;
+use crate::app::{App, ServiceKind, identity, images};
+use crate::config::Config;
+use crate::db::Db;
+use crate::error::{Error, Result};
+
+/// A role of the controller process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// The HTTP APIs.
+    Api,
+    /// The scheduler.
+    Scheduler,
+    /// The conductor.
+    Conductor,
+    /// The console proxy.
+    ConsoleProxy,
+}
+
+impl Role {
+    /// Parses a role name; `all` expands to every role.
+    pub fn parse(name: &str) -> Option<Vec<Role>> {
+        Some(match name {
+            "api" => vec![Role::Api],
+            "scheduler" => vec![Role::Scheduler],
+            "conductor" => vec![Role::Conductor],
+            "console-proxy" => vec![Role::ConsoleProxy],
+            "all" => vec![
+                Role::Api,
+                Role::Scheduler,
+                Role::Conductor,
+                Role::ConsoleProxy,
+            ],
+            _ => return None,
+        })
+    }
+
+    /// The role's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Api => "api",
+            Role::Scheduler => "scheduler",
+            Role::Conductor => "conductor",
+            Role::ConsoleProxy => "console-proxy",
+        }
+    }
+
+    /// Why the role can't run yet, if it can't.
+    pub fn not_implemented(self) -> Option<&'static str> {
+        match self {
+            Role::Api => None,
+            Role::Scheduler | Role::Conductor => {
+                Some("comes with the messaging, scheduler and conductor work (issue 6)")
+            }
+            Role::ConsoleProxy => Some("comes with the consoles work"),
+        }
+    }
+}
+
+/// The services whose API this build serves.
+pub const IMPLEMENTED_APIS: [ServiceKind; 3] = [
+    ServiceKind::Identity,
+    ServiceKind::Image,
+    ServiceKind::Placement,
+];
+
+/// The router of one API, with the shared middleware.
+pub fn router(kind: ServiceKind, app: Arc<App>) -> Option<Router> {
+    let r = match kind {
+        ServiceKind::Identity => api::identity::router(app),
+        ServiceKind::Image => api::image::router(app),
+        ServiceKind::Placement => api::placement::router(app),
+        _ => return None,
+    };
+    Some(r.layer(axum::middleware::from_fn(api::request_context)))
+}
+
+/// Binds the listener of every implemented API that has a listen address.
+pub async fn bind(config: &Config) -> Result<Vec<(ServiceKind, TcpListener)>> {
+    let mut out = Vec::new();
+    for kind in ServiceKind::ALL {
+        let addr = kind.listen(&config.api);
+        if addr.is_empty() {
+            continue;
+        }
+        if !IMPLEMENTED_APIS.contains(&kind) {
+            tracing::warn!(
+                api = kind.catalog_type(),
+                listen = addr,
+                "this API is not implemented yet; not listening"
+            );
+            continue;
+        }
+        let l = TcpListener::bind(addr).await.map_err(|e| {
+            Error::internal(
+                format!("binding the {} API to {addr}", kind.catalog_type()),
+                e,
+            )
+        })?;
+        out.push((kind, l));
+    }
+    Ok(out)
+}
+
+/// Running listeners.
+pub struct Server {
+    /// Where each API listens.
+    pub addrs: BTreeMap<ServiceKind, SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Serves `listeners` until [`Server::shutdown`].
+    pub fn start(app: Arc<App>, listeners: Vec<(ServiceKind, TcpListener)>) -> Result<Server> {
+        let (stop, _) = watch::channel(false);
+        let mut addrs = BTreeMap::new();
+        let mut tasks = Vec::new();
+        for (kind, listener) in listeners {
+            let addr = listener.local_addr()?;
+            addrs.insert(kind, addr);
+            let router = router(kind, app.clone()).ok_or_else(|| {
+                Error::internal("starting a listener", format!("no router for {kind:?}"))
+            })?;
+            let mut rx = stop.subscribe();
+            tracing::info!(api = kind.catalog_type(), %addr, "listening");
+            tasks.push(tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                };
+                if let Err(e) = axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                {
+                    tracing::error!(error = %e, "listener failed");
+                }
+            }));
+        }
+        // Expired tokens are swept in the background.
+        let mut rx = stop.subscribe();
+        let sweeper = app.clone();
+        tasks.push(tokio::spawn(async move {
+            let every =
+                Duration::from_secs(sweeper.config.identity.token_cleanup_interval_secs.max(1));
+            loop {
+                tokio::select! {
+                    _ = stopped(&mut rx) => break,
+                    _ = tokio::time::sleep(every) => {
+                        match identity::sweep_expired_tokens(&sweeper).await {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(deleted = n, "swept expired tokens"),
+                            Err(e) => tracing::warn!(error = ?e, "sweeping expired tokens failed"),
+                        }
+                    }
+                }
+            }
+        }));
+        Ok(Server { addrs, stop, tasks })
+    }
+
+    /// The address of one API.
+    pub fn addr(&self, kind: ServiceKind) -> Option<SocketAddr> {
+        self.addrs.get(&kind).copied()
+    }
+
+    /// Stops accepting, lets in-flight requests finish for up to `grace`,
+    /// then aborts what is left.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let mut tasks = self.tasks;
+        let all = futures_util::future::join_all(tasks.iter_mut());
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!("grace period over; aborting the remaining requests");
+            for t in &tasks {
+                t.abort();
+            }
+        }
+    }
+}
+
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler works");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Runs `roles` until a shutdown signal.
+pub async fn run(config: Config, names: &[String]) -> Result<()> {
+    let mut roles = Vec::new();
+    let mut all = false;
+    for n in names {
+        let parsed = Role::parse(n).ok_or_else(|| {
+            Error::bad_request(format!(
+                "unknown role `{n}`: the roles are api, scheduler, conductor, console-proxy, all"
+            ))
+        })?;
+        all |= n == "all";
+        for r in parsed {
+            if !roles.contains(&r) {
+                roles.push(r);
+            }
+        }
+    }
+    roles.sort();
+    let mut runnable = Vec::new();
+    for r in &roles {
+        match r.not_implemented() {
+            None => runnable.push(*r),
+            Some(why) if all => {
+                tracing::warn!(
+                    role = r.name(),
+                    "role not implemented yet ({why}); not running it"
+                )
+            }
+            Some(why) => {
+                return Err(Error::not_implemented(format!(
+                    "the `{}` role is not implemented yet ({why})",
+                    r.name()
+                )));
+            }
+        }
+    }
+    let config = Arc::new(config);
+    let db = Db::connect(&config.database).await?;
+    if all {
+        db.migrate().await?;
+    } else {
+        check_migrated(&db).await?;
+    }
+    let app = Arc::new(App::new(db.clone(), config.clone())?);
+    let requeued = images::recover_interrupted_uploads(&app).await?;
+    if requeued > 0 {
+        tracing::warn!(
+            images = requeued,
+            "requeued images whose upload was interrupted by a restart"
+        );
+    }
+    let listeners = bind(&config).await?;
+    let server = Server::start(app, listeners)?;
+    tracing::info!(
+        roles = ?runnable.iter().map(|r| r.name()).collect::<Vec<_>>(),
+        "mica-controller running"
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server
+        .shutdown(Duration::from_secs(config.api.shutdown_grace_secs))
+        .await;
+    db.close().await;
+    Ok(())
+}
+
+/// Fails unless every migration of this binary is applied.
+pub async fn check_migrated(db: &Db) -> Result<()> {
+    let missing: Vec<String> = db
+        .missing_migrations()
+        .await?
+        .into_iter()
+        .map(|(v, d)| format!("{v} {d}"))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::new(
+            crate::error::Kind::ServiceUnavailable,
+            format!(
+                "the database is missing migrations ({}); run `mica-controller db sync`",
+                missing.join(", ")
+            ),
+        ))
+    }
+}
+
+/// The public URL of every Mica API, for the catalog.
+pub fn public_urls(config: &Config) -> Vec<(ServiceKind, String)> {
+    ServiceKind::ALL
+        .iter()
+        .filter_map(|k| k.public_url(&config.api).map(|u| (*k, u)))
+        .collect()
+}

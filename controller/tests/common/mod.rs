@@ -1,0 +1,264 @@
+//! Shared helpers of the controller's integration tests: a running cloud on
+//! either database, an HTTP client, users with roles, error-body checks.
+
+#![allow(dead_code)]
+
+use mica_controller::app::ServiceKind;
+use mica_controller::db::Backend;
+use mica_controller::testing::{ADMIN_PASSWORD, TestCloud};
+use reqwest::{Method, Response, StatusCode};
+use serde_json::{Value, json};
+
+/// Generates one test per database for an `async fn(Backend)`.
+#[macro_export]
+macro_rules! both_databases {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn postgres() {
+                    super::$name(mica_controller::db::Backend::Postgres).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn sqlite() {
+                    super::$name(mica_controller::db::Backend::Sqlite).await
+                }
+            }
+        )*
+    };
+}
+
+/// A cloud and a client for it.
+pub struct Env {
+    pub cloud: TestCloud,
+    pub http: reqwest::Client,
+    pub identity: String,
+    pub image: String,
+    pub placement: String,
+}
+
+/// Someone with a token.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub token: String,
+    pub user_id: String,
+    pub project_id: String,
+}
+
+impl Env {
+    pub async fn start(backend: Backend) -> Env {
+        Env::start_with(backend, |_| {}).await
+    }
+
+    pub async fn start_with(
+        backend: Backend,
+        tweak: impl FnOnce(&mut mica_controller::config::Config),
+    ) -> Env {
+        let cloud = TestCloud::start(backend, tweak).await;
+        Env {
+            http: reqwest::Client::new(),
+            identity: cloud.base(ServiceKind::Identity),
+            image: cloud.base(ServiceKind::Image),
+            placement: cloud.base(ServiceKind::Placement),
+            cloud,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.cloud.stop().await;
+    }
+
+    /// A password token for `user` scoped to `project` (both by name).
+    pub async fn login(&self, user: &str, password: &str, project: &str) -> Caller {
+        let resp = self
+            .http
+            .post(format!("{}/v3/auth/tokens", self.identity))
+            .json(&json!({"auth": {
+                "identity": {"methods": ["password"], "password": {"user": {
+                    "name": user, "domain": {"name": "Default"}, "password": password}}},
+                "scope": {"project": {"name": project, "domain": {"id": "default"}}}
+            }}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED, "login of {user}");
+        let token = resp.headers()["x-subject-token"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body: Value = resp.json().await.unwrap();
+        Caller {
+            token,
+            user_id: body["token"]["user"]["id"].as_str().unwrap().to_owned(),
+            project_id: body["token"]["project"]["id"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    pub async fn admin(&self) -> Caller {
+        self.login("admin", ADMIN_PASSWORD, "admin").await
+    }
+
+    /// Creates project `project` (if needed) and user `user` with `role` on
+    /// it, and logs in.
+    pub async fn user_with_role(&self, project: &str, user: &str, role: &str) -> Caller {
+        let admin = self.admin().await;
+        let found = self
+            .call(
+                &admin,
+                Method::GET,
+                &format!("{}/v3/projects?name={project}", self.identity),
+                None,
+            )
+            .await;
+        let body: Value = found.json().await.unwrap();
+        let project_id = match body["projects"].as_array().unwrap().first() {
+            Some(p) => p["id"].as_str().unwrap().to_owned(),
+            None => {
+                let r = self
+                    .call(
+                        &admin,
+                        Method::POST,
+                        &format!("{}/v3/projects", self.identity),
+                        Some(json!({"project": {"name": project, "domain_id": "default"}})),
+                    )
+                    .await;
+                assert_eq!(r.status(), StatusCode::CREATED);
+                r.json::<Value>().await.unwrap()["project"]["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            }
+        };
+        let r = self
+            .call(
+                &admin,
+                Method::POST,
+                &format!("{}/v3/users", self.identity),
+                Some(json!({"user": {"name": user, "password": "pw-of-user", "domain_id": "default"}})),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED, "creating user {user}");
+        let user_id = r.json::<Value>().await.unwrap()["user"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let roles: Value = self
+            .call(
+                &admin,
+                Method::GET,
+                &format!("{}/v3/roles?name={role}", self.identity),
+                None,
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let role_id = roles["roles"][0]["id"].as_str().unwrap().to_owned();
+        let r = self
+            .call(
+                &admin,
+                Method::PUT,
+                &format!(
+                    "{}/v3/projects/{project_id}/users/{user_id}/roles/{role_id}",
+                    self.identity
+                ),
+                None,
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        self.login(user, "pw-of-user", project).await
+    }
+
+    /// A JSON request with the caller's token.
+    pub async fn call(
+        &self,
+        who: &Caller,
+        method: Method,
+        url: &str,
+        body: Option<Value>,
+    ) -> Response {
+        let mut req = self
+            .http
+            .request(method, url)
+            .header("x-auth-token", &who.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// A placement request at microversion `1.minor`.
+    pub async fn placement(
+        &self,
+        who: &Caller,
+        method: Method,
+        path: &str,
+        minor: u32,
+        body: Option<Value>,
+    ) -> Response {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.placement))
+            .header("x-auth-token", &who.token)
+            .header("openstack-api-version", format!("placement 1.{minor}"));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send().await.unwrap()
+    }
+}
+
+/// Checks a Nova-style error body (`{"<name>": {"code", "message"}}`) and
+/// returns its message.
+pub async fn nova_error(resp: Response, status: u16, name: &str) -> String {
+    assert_eq!(resp.status().as_u16(), status, "status");
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let body: Value = resp.json().await.unwrap();
+    let inner = &body[name];
+    assert_eq!(inner["code"], status, "body {body}");
+    assert!(
+        inner["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "body {body}"
+    );
+    assert_eq!(body.as_object().unwrap().len(), 1, "body {body}");
+    inner["message"].as_str().unwrap().to_owned()
+}
+
+/// Checks Keystone's error body and returns its message.
+pub async fn keystone_error(resp: Response, status: u16) -> String {
+    assert_eq!(resp.status().as_u16(), status, "status");
+    if status == 401 {
+        let www = resp.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(www.starts_with("Keystone uri="), "{www}");
+    }
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], status, "body {body}");
+    assert!(body["error"]["title"].is_string(), "body {body}");
+    body["error"]["message"].as_str().unwrap().to_owned()
+}
+
+/// Checks placement's error body; returns (code, detail).
+pub async fn placement_error(resp: Response, status: u16) -> (Option<String>, String) {
+    assert_eq!(resp.status().as_u16(), status, "status");
+    let body: Value = resp.json().await.unwrap();
+    let e = &body["errors"][0];
+    assert_eq!(e["status"], status, "body {body}");
+    assert!(
+        e["request_id"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("req-")),
+        "body {body}"
+    );
+    (
+        e["code"].as_str().map(str::to_owned),
+        e["detail"].as_str().unwrap().to_owned(),
+    )
+}
