@@ -163,6 +163,7 @@ pub struct NestedHost {
     next_job: AtomicU64,
     ready: String,
     boot_time: Duration,
+    watchdog: Option<Watchdog>,
 }
 
 impl NestedHost {
@@ -225,7 +226,12 @@ impl NestedHost {
             "local,id=job,path={},security_model=none,multidevs=remap",
             dir.path().display()
         ))
-        .args(["-device", "virtio-9p-device,fsdev=job,mount_tag=job"]);
+        .args(["-device", "virtio-9p-device,fsdev=job,mount_tag=job"])
+        .arg("-qmp")
+        .arg(format!(
+            "unix:{},server=on,wait=off",
+            dir.path().join("qmp.sock").display()
+        ));
         if !opts.host_ports.is_empty() || !opts.forwards.is_empty() {
             let mut netdev = String::from("user,id=n0,net=10.0.2.0/24,restrict=on");
             for port in &opts.host_ports {
@@ -258,6 +264,7 @@ impl NestedHost {
             next_job: AtomicU64::new(1),
             ready: String::new(),
             boot_time: Duration::ZERO,
+            watchdog: None,
         };
         let deadline = started + opts.boot_timeout;
         let ready = host.dir.path().join("ready");
@@ -266,6 +273,10 @@ impl NestedHost {
             if ready.exists() {
                 host.ready = read_lossy(&ready).trim().to_string();
                 host.boot_time = started.elapsed();
+                host.watchdog = Some(Watchdog::start(
+                    host.child.id(),
+                    host.dir.path().to_path_buf(),
+                ));
                 return Ok(host);
             }
             if failed.exists() {
@@ -329,6 +340,17 @@ impl NestedHost {
         self.spawn(script)?.wait(timeout)
     }
 
+    /// Runs a QMP command without arguments (`stop`, `cont`, `inject-nmi`, …)
+    /// on L1's QEMU.
+    pub fn qmp(&self, command: &str) -> Result<()> {
+        qmp(&self.dir.path().join("qmp.sock"), command)
+    }
+
+    /// What the stall watchdog did so far (one line per NMI it injected).
+    pub fn watchdog_log(&self) -> String {
+        read_lossy(&self.dir.path().join("watchdog.log"))
+    }
+
     fn check_alive(&self) -> Result<()> {
         // SAFETY: kill(pid, 0) only checks that the process exists.
         let alive = unsafe { libc::kill(self.child.id() as libc::pid_t, 0) } == 0;
@@ -357,6 +379,9 @@ impl NestedHost {
 
 impl Drop for NestedHost {
     fn drop(&mut self) {
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.stop();
+        }
         let _ = fs::write(self.dir.path().join("poweroff"), "");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -383,6 +408,106 @@ impl Drop for NestedHost {
         }
         self.keep_log();
     }
+}
+
+/// Watches for L1 stalling: on a loaded machine the nested host (QEMU's
+/// software CPU emulating SVM) has been seen to stop with every vCPU halted and
+/// no timer interrupt ever arriving again. A live L1 never idles completely (its
+/// job loop wakes 20 times a second), so a QEMU that used no CPU for several
+/// seconds is stalled: the watchdog then injects an NMI through QMP, which makes
+/// L1's idle loop run again and re-arm its timer. Each kick is logged to
+/// `watchdog.log` in the session folder and on stderr.
+struct Watchdog {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Watchdog {
+    const PERIOD: Duration = Duration::from_secs(2);
+    /// Seconds without CPU use that mean "stalled".
+    const STALLED_AFTER: u32 = 4;
+
+    fn start(pid: u32, dir: PathBuf) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut last = cpu_ticks(pid);
+            let mut idle_periods = 0;
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(Self::PERIOD);
+                let Some(now) = cpu_ticks(pid) else { return };
+                if last.is_some_and(|l| now <= l) {
+                    idle_periods += 1;
+                } else {
+                    idle_periods = 0;
+                }
+                last = Some(now);
+                if idle_periods * Self::PERIOD.as_secs() as u32 >= Self::STALLED_AFTER {
+                    let result = qmp_inject_nmi(&dir.join("qmp.sock"));
+                    let line = format!(
+                        "L1 used no CPU for {} s: stalled; injected an NMI ({})\n",
+                        idle_periods * Self::PERIOD.as_secs() as u32,
+                        match &result {
+                            Ok(()) => "ok".to_string(),
+                            Err(e) => format!("failed: {e}"),
+                        }
+                    );
+                    eprint!("nested watchdog: {line}");
+                    let _ = fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(dir.join("watchdog.log"))
+                        .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+                    idle_periods = 0;
+                }
+            }
+        });
+        Watchdog { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start at ") ".
+    let rest = &stat[stat.rfind(") ")? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+fn qmp_inject_nmi(socket: &Path) -> Result<()> {
+    qmp(socket, "inject-nmi")
+}
+
+/// Runs one QMP command (without arguments) on the QEMU behind `socket`.
+fn qmp(socket: &Path, command: &str) -> Result<()> {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let stream = std::os::unix::net::UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    let mut line = String::new();
+    reader.read_line(&mut line)?; // greeting
+    for command in ["qmp_capabilities", command] {
+        writer.write_all(format!("{{\"execute\":\"{command}\"}}\n").as_bytes())?;
+        loop {
+            line.clear();
+            reader.read_line(&mut line)?;
+            if line.contains("\"return\"") {
+                break;
+            }
+            if line.contains("\"error\"") || line.is_empty() {
+                bail!("QMP {command}: {}", line.trim());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Takes the machine-wide nested-host lock (`$MICA_CACHE/nested.lock`, default

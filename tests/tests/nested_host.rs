@@ -46,3 +46,30 @@ fn nested_host_runs_commands_and_offers_kvm() {
         ["1", "Y"]
     );
 }
+
+#[test]
+fn nested_host_watchdog_kicks_a_stalled_l1() {
+    if !require("the nested test host", NestedHost::available()) {
+        return;
+    }
+    let host = NestedHost::boot(NestedOptions::new("watchdog")).expect("nested host boots");
+    assert_eq!(host.watchdog_log(), "", "watchdog fired on a healthy L1");
+    // Freeze L1's vCPUs: QEMU then uses no CPU, exactly like a stalled L1.
+    host.qmp("stop").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while host.watchdog_log().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    host.qmp("cont").unwrap();
+    let log = host.watchdog_log();
+    assert!(
+        log.contains("injected an NMI (ok)"),
+        "watchdog log: {log:?}"
+    );
+    // The NMI did no harm: L1 still runs jobs.
+    let out = host
+        .run("echo alive")
+        .unwrap()
+        .expect_success("job after NMI");
+    assert_eq!(out.stdout, "alive\n");
+}

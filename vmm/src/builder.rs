@@ -194,12 +194,11 @@ pub fn build(
     boot_started: Instant,
 ) -> Result<MicroVm, BuildError> {
     let t0 = Instant::now();
-    let vm = Vm::new(&shared.kvm, config.vcpus)?;
-    let t_kvm = t0.elapsed();
     let mem_size = config.memory_mib << 20;
     let (memory, memfd) = create_guest_memory(mem_size)?;
     let t_mem = t0.elapsed();
-    vm.register_memory(&memory)?;
+    let vm = Vm::new(&shared.kvm, config.vcpus, &memory)?;
+    let t_kvm = t0.elapsed();
     let t_vm = t0.elapsed();
 
     let mut irqs = Irqs {

@@ -198,9 +198,9 @@ fn free_socket_path(path: &Path) -> Result<(), LaunchError> {
     }
 }
 
-/// Blocks the termination signals in this thread (and so in every thread it
-/// starts later) and turns them into events from a thread of their own.
-fn handle_signals(tx: Sender<VmEvent>) -> Result<(), LaunchError> {
+/// Blocks the termination signals in this thread and so in every thread it
+/// starts later; [`spawn_signal_thread`] then turns them into events.
+fn block_signals() -> Result<libc::sigset_t, LaunchError> {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it below.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid sigset_t; the signal numbers are valid.
@@ -215,6 +215,12 @@ fn handle_signals(tx: Sender<VmEvent>) -> Result<(), LaunchError> {
     if ret != 0 {
         return Err(LaunchError::Signals(std::io::Error::from_raw_os_error(ret)));
     }
+    Ok(set)
+}
+
+/// Waits for the blocked termination signals (a signal that came earlier is
+/// pending and is taken at once) and sends them to the controller.
+fn spawn_signal_thread(set: libc::sigset_t, tx: Sender<VmEvent>) -> Result<(), LaunchError> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -239,8 +245,9 @@ pub fn launch(
     opts: &RunOptions,
     process_started: Instant,
 ) -> Result<ExitReason, LaunchError> {
+    let t_launch = process_started.elapsed();
     let (tx, rx) = mpsc::channel();
-    handle_signals(tx.clone())?;
+    let signals = block_signals()?;
 
     // Sockets first: a path in use is reported before any work.
     let mut socket_files = Vec::new();
@@ -270,16 +277,26 @@ pub fn launch(
         socket_files.push(SocketFile(path.clone()));
     }
     let shared = Shared::new(metrics, Arc::new(serial))?;
+    let t_shared = process_started.elapsed();
     let vm = builder::build(
         &config,
         &shared,
         GuestEvents::new(tx.clone(), 1),
         process_started,
     )?;
+    let t_built = process_started.elapsed();
     let mut api = match listener {
         Some(l) => Some(ApiServer::start(l, tx.clone()).map_err(LaunchError::Api)?),
         None => None,
     };
+    spawn_signal_thread(signals, tx.clone())?;
+    tracing::debug!(
+        launch_us = t_launch.as_micros() as u64,
+        kvm_ready_us = t_shared.as_micros() as u64,
+        vm_started_us = t_built.as_micros() as u64,
+        api_us = process_started.elapsed().as_micros() as u64,
+        "start-up timeline (since main)"
+    );
 
     let mut controller = Controller {
         config,

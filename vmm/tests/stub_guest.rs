@@ -38,6 +38,18 @@ fn stub_guest_runs_and_powers_off() {
 }
 
 #[test]
+fn thirty_two_vcpus_and_memory_above_4g() {
+    if !kvm() {
+        return;
+    }
+    // 32 vCPUs (the APs wait for a SIPI that never comes) and memory that
+    // spans the MMIO gap.
+    let mut vmm = Vmm::start(json!({"vcpus": 32, "memory_mib": 4096, "kernel": stub_guest()}));
+    assert_eq!(vmm.wait_exit(SECS(30)), 0, "{}", vmm.stderr());
+    assert_eq!(vmm.serial(), "MICA-STUB-OK\n");
+}
+
+#[test]
 fn pause_resume_reboot_and_shutdown_timeout_with_the_counter_guest() {
     if !kvm() {
         return;

@@ -65,12 +65,15 @@ pub struct Vm {
 }
 
 impl Vm {
-    pub fn new(kvm: &Kvm, vcpus: u32) -> Result<Self, VmError> {
+    pub fn new(kvm: &Kvm, vcpus: u32, mem: &GuestMemoryMmap) -> Result<Self, VmError> {
         let max = kvm.get_max_vcpus();
         if vcpus as usize > max {
             return Err(VmError::TooManyVcpus { wanted: vcpus, max });
         }
         let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
+        let vm = Self { fd };
+        vm.register_memory(mem)?;
+        let fd = vm.fd;
         fd.set_tss_address(KVM_TSS_ADDRESS).map_err(VmError::Tss)?;
         fd.create_irq_chip().map_err(VmError::Irqchip)?;
         let pit = kvm_pit_config {

@@ -93,7 +93,7 @@ impl Vmm {
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap();
-        let vmm = Self {
+        let mut vmm = Self {
             child,
             dir,
             api,
@@ -101,9 +101,21 @@ impl Vmm {
             stderr,
             exit: None,
         };
-        vmm.wait_until(Duration::from_secs(10), "the control socket", |v| {
-            v.api.exists()
-        });
+        // Until the control socket is there, or the VMM has already finished
+        // (a stub guest that powers off at once).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !vmm.api.exists() {
+            if let Some(status) = vmm.child.try_wait().unwrap() {
+                vmm.exit = Some(status.code().unwrap_or(-1));
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no control socket after 10 s\n{}",
+                vmm.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         vmm
     }
 

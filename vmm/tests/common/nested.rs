@@ -82,7 +82,12 @@ impl Nested {
 
     /// Starts a VM in L1. Its serial log goes to its folder unless `config`
     /// names another.
-    pub fn start_vm(&self, name: &str, mut config: Value) -> NestedVm<'_> {
+    pub fn start_vm(&self, name: &str, config: Value) -> NestedVm<'_> {
+        self.start_vm_with(name, config, "")
+    }
+
+    /// Starts a VM with `prefix` before the VMM's command (`ip netns exec X`).
+    pub fn start_vm_with(&self, name: &str, mut config: Value, prefix: &str) -> NestedVm<'_> {
         let dir = self.host.shared_dir().join("vms").join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -97,7 +102,7 @@ impl Nested {
         .unwrap();
         let sock = format!("/run/mica-{name}.sock");
         let script = format!(
-            "echo $$ > {l1_dir}/pid; exec {} --config {l1_dir}/vm.json --api-sock {sock} 2>{l1_dir}/vmm.err",
+            "echo $$ > {l1_dir}/pid; exec {prefix} {} --config {l1_dir}/vm.json --api-sock {sock} 2>{l1_dir}/vmm.err",
             vmm_bin().display()
         );
         let job = self.host.spawn(&script).unwrap();
@@ -138,6 +143,22 @@ impl NestedVm<'_> {
         )
     }
 
+    /// Whether L1 still runs jobs.
+    fn l1_alive(&self) -> bool {
+        self.nested
+            .host
+            .run_timeout("true", Duration::from_secs(60))
+            .is_ok()
+    }
+
+    fn l1_state(&self) -> &'static str {
+        if self.l1_alive() {
+            "the nested host (L1) still runs jobs"
+        } else {
+            "the nested host (L1) stopped running jobs: L1 stalled (see wait_exit)"
+        }
+    }
+
     /// Waits until the console shows `needle`.
     pub fn wait_serial(&self, needle: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
@@ -148,20 +169,52 @@ impl NestedVm<'_> {
                     self.report()
                 );
             }
-            assert!(
-                Instant::now() < deadline,
-                "{needle:?} did not appear within {timeout:?}\n{}",
-                self.report()
-            );
+            if Instant::now() > deadline {
+                panic!(
+                    "{needle:?} did not appear within {timeout:?}; {}\n{}",
+                    self.l1_state(),
+                    self.report()
+                );
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    /// Waits for the VMM to exit; returns its exit code.
+    /// Waits for the VMM to exit; returns its exit code. On a timeout it says
+    /// whether L1 itself stalled: on a loaded machine, or under heavy guest
+    /// I/O, the nested host (QEMU's software CPU emulating SVM) can stop with
+    /// all its vCPUs idle, and then nothing in it ever finishes.
     pub fn wait_exit(&self, timeout: Duration) -> i32 {
         match self.job.wait(timeout) {
             Ok(out) => out.code,
-            Err(e) => panic!("{e}\n{}", self.report()),
+            Err(e) => panic!("{e}\n{}\n{}", self.l1_state(), self.report()),
+        }
+    }
+
+    /// Waits for the VMM to exit like [`NestedVm::wait_exit`], checking every
+    /// 20 s that L1 still runs jobs: under sustained heavy guest I/O the nested
+    /// host (QEMU's software CPU emulating SVM) can stall with all its vCPUs
+    /// idle, and then nothing would ever finish.
+    pub fn wait_exit_watching_l1(&self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.job.wait(Duration::from_secs(20)) {
+                Ok(out) => return out.code,
+                Err(_) if Instant::now() < deadline => {
+                    if self
+                        .nested
+                        .host
+                        .run_timeout("true", Duration::from_secs(60))
+                        .is_err()
+                    {
+                        panic!(
+                            "the nested host (L1) stopped running jobs: it stalled\n{}",
+                            self.report()
+                        );
+                    }
+                }
+                Err(e) => panic!("{e}\n{}", self.report()),
+            }
         }
     }
 

@@ -49,17 +49,21 @@ struct LogFile {
     file: File,
     written: u64,
     max: u64,
+    /// A regular file gets whole lines; a FIFO or device (someone reading live)
+    /// every byte as it comes.
+    line_buffered: bool,
 }
 
 impl LogFile {
     fn open(path: &Path, max: u64) -> std::io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        let written = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let meta = file.metadata()?;
         Ok(Self {
             path: path.to_path_buf(),
             file,
-            written,
+            written: meta.len(),
             max,
+            line_buffered: meta.is_file(),
         })
     }
 
@@ -75,7 +79,7 @@ impl LogFile {
     /// Moves the log to `<log>.1` (replacing the previous one) and starts anew.
     /// A log that is not a regular file (a FIFO, /dev/null) is never rotated.
     fn rotate(&mut self) -> std::io::Result<()> {
-        if !self.file.metadata()?.is_file() {
+        if !self.line_buffered {
             self.written = 0;
             return Ok(());
         }
@@ -164,7 +168,13 @@ impl SerialBackend {
             Err(e) if e.kind() == ErrorKind::WouldBlock => true,
             Err(_) => false,
         });
-        if out.log.is_none() {
+        let line_buffered = match &out.log {
+            None => return,
+            Some(log) => log.line_buffered,
+        };
+        if !line_buffered {
+            out.line.extend_from_slice(bytes);
+            self.flush_line(&mut out);
             return;
         }
         for &b in bytes {
