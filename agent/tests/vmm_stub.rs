@@ -202,7 +202,13 @@ async fn a_build_runs_a_vmm_through_every_power_action_and_terminate_removes_it(
 
     // Placement hears of the real machine: online CPUs, MemTotal less the
     // reserve, the state folder's file system; cpuid traits.
-    let p = conductor.provider("stub-1").expect("inventory reported");
+    let p = conductor
+        .wait_for(T, |r| match r {
+            Report::Provider(p) if p.host == "stub-1" => Some(p.clone()),
+            _ => None,
+        })
+        .await
+        .expect("inventory reported");
     let cpus = mica_agent::resources::online_cpus();
     assert_eq!(p.inventories["VCPU"].total, cpus);
     assert_eq!(p.inventories["VCPU"].allocation_ratio, 4.0);
