@@ -167,7 +167,7 @@ fn nested(n: usize) {
     let mut first = None;
     for i in 0..=n {
         let spec = instance(
-            &c.tiny,
+            &c.tiny_raw,
             &format!("bench-{i}"),
             port(100 + i as u8, vec![default_group(&[], vec![])]),
         );

@@ -463,29 +463,20 @@ fn nested_a_build_that_fails_halfway_leaves_nothing_behind() {
     assert!(out.contains(&format!("{}.raw", n.tiny.id)), "{out}");
     n.sh(&format!("ip link del {tap}"));
 
-    // A checksum that does not match.
-    let mut bad = n.tiny.clone();
+    // A checksum that does not match (another upload of the same image, so
+    // the cache does not have it).
+    let base = format!(
+        "http://{}:{}",
+        mica_tests::nested::HOST_FROM_L1,
+        n.api.port()
+    );
+    let qcow2 = common::nested::tiny_qcow2(
+        &mica_tests::artifacts::GuestImages::locate()
+            .unwrap()
+            .tiny_ext4(),
+    );
+    let mut bad = n.rt.block_on(n.api.upload("bad", "qcow2", qcow2, &base));
     bad.os_hash_value = Some("ab".repeat(64));
-    bad.id =
-        n.rt.block_on(
-            n.api.upload(
-                "bad",
-                "raw",
-                std::fs::read(
-                    mica_tests::artifacts::GuestImages::locate()
-                        .unwrap()
-                        .tiny_ext4(),
-                )
-                .unwrap(),
-                &format!(
-                    "http://{}:{}",
-                    mica_tests::nested::HOST_FROM_L1,
-                    n.api.port()
-                ),
-            ),
-        )
-        .id;
-    bad.download_url = bad.download_url.replace(&n.tiny.id, &bad.id);
     let spec = instance(&bad, "doomed-2", port(51, vec![default_group(&[], vec![])]));
     let (_, report) = n.build(&spec, 3 * MIN);
     let f = report.result.expect_err("the build fails");
@@ -510,7 +501,11 @@ fn nested_a_full_disk_or_a_missing_image_give_clear_faults() {
         "mkdir -p {STATE_DIR} && mount -t tmpfs -o size=32m tmpfs {STATE_DIR}"
     ));
     n.start_agent();
-    let spec = instance(&n.tiny, "big", port(60, vec![default_group(&[], vec![])]));
+    let spec = instance(
+        &n.tiny_raw,
+        "big",
+        port(60, vec![default_group(&[], vec![])]),
+    );
     let (_, report) = n.build(&spec, 3 * MIN);
     let f = report.result.expect_err("no room");
     assert_eq!(
@@ -528,7 +523,11 @@ fn nested_a_full_disk_or_a_missing_image_give_clear_faults() {
         "umount {STATE_DIR} && mount -t tmpfs -o size=80m tmpfs {STATE_DIR}"
     ));
     n.start_agent();
-    let spec = instance(&n.tiny, "big-2", port(62, vec![default_group(&[], vec![])]));
+    let spec = instance(
+        &n.tiny_raw,
+        "big-2",
+        port(62, vec![default_group(&[], vec![])]),
+    );
     let (_, report) = n.build(&spec, 3 * MIN);
     let f = report.result.expect_err("no room for the disk");
     assert_eq!(
@@ -542,13 +541,17 @@ fn nested_a_full_disk_or_a_missing_image_give_clear_faults() {
     n.stop_agent("TERM");
     n.sh(&format!("umount {STATE_DIR}"));
     n.start_agent();
-    n.rt.block_on(n.api.delete(&n.tiny.id));
-    let spec = instance(&n.tiny, "ghost", port(61, vec![default_group(&[], vec![])]));
+    n.rt.block_on(n.api.delete(&n.tiny_raw.id));
+    let spec = instance(
+        &n.tiny_raw,
+        "ghost",
+        port(61, vec![default_group(&[], vec![])]),
+    );
     let (_, report) = n.build(&spec, 3 * MIN);
     let f = report.result.expect_err("no image");
     assert_eq!(
         f.message,
-        format!("Image {} could not be found.", n.tiny.id)
+        format!("Image {} could not be found.", n.tiny_raw.id)
     );
     assert!(!f.retryable);
     assert_eq!(n.leftovers(), NOTHING_LEFT);

@@ -158,8 +158,11 @@ pub struct NestedCompute {
     pub conductor: FakeConductor,
     pub rpc: Rpc,
     pub bus: TestBus,
-    /// The tiny guest image, uploaded, as L1 downloads it.
+    /// The tiny guest image as a compressed qcow2 (1.4 MB: little to carry
+    /// through QEMU's user network), uploaded, as L1 downloads it.
     pub tiny: ImageSpec,
+    /// The same image raw (64 MB).
+    pub tiny_raw: ImageSpec,
     pub rt: tokio::runtime::Runtime,
     config: String,
     name: String,
@@ -193,14 +196,17 @@ impl NestedCompute {
             .build()
             .unwrap();
         let bus = TestBus::amqp();
-        let (api, rpc, conductor, tiny) = rt.block_on(async {
+        let (api, rpc, conductor, tiny, tiny_raw) = rt.block_on(async {
             let api = ImageApi::start().await;
             let rpc = bus.connect().await;
             let conductor = FakeConductor::serve(&rpc).await.unwrap();
-            let data = std::fs::read(GuestImages::locate().unwrap().tiny_ext4()).unwrap();
             let base = format!("http://{HOST_FROM_L1}:{}", api.port());
-            let tiny = api.upload("tiny", "raw", data, &base).await;
-            (api, rpc, conductor, tiny)
+            let raw = GuestImages::locate().unwrap().tiny_ext4();
+            let tiny = api.upload("tiny", "qcow2", tiny_qcow2(&raw), &base).await;
+            let tiny_raw = api
+                .upload("tiny-raw", "raw", std::fs::read(&raw).unwrap(), &base)
+                .await;
+            (api, rpc, conductor, tiny, tiny_raw)
         });
         let mut opts = NestedOptions::new(name);
         opts.memory_mib = memory_mib;
@@ -268,6 +274,7 @@ start_timeout_s = 60
             rpc,
             bus,
             tiny,
+            tiny_raw,
             rt,
             config,
             name: name.to_owned(),
@@ -461,6 +468,20 @@ impl Drop for NestedCompute {
             eprintln!("--- agent log (tail) ---\n{}", tail(&self.agent_log(), 120));
         }
     }
+}
+
+/// The raw image at `raw` as a compressed qcow2.
+pub fn tiny_qcow2(raw: &std::path::Path) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tiny.qcow2");
+    let status = std::process::Command::new("qemu-img")
+        .args(["convert", "-c", "-f", "raw", "-O", "qcow2"])
+        .arg(raw)
+        .arg(&out)
+        .status()
+        .expect("qemu-img (make setup installs qemu-utils)");
+    assert!(status.success());
+    std::fs::read(out).unwrap()
 }
 
 pub fn tail(s: &str, n: usize) -> String {
