@@ -273,6 +273,8 @@ pub async fn run(config: Config, names: &[String]) -> Result<()> {
         check_migrated(&db).await?;
     }
     let app = Arc::new(App::new(db.clone(), config.clone())?);
+    // The compute API hands work to the conductor over the bus.
+    app.connect_rpc().await?;
     let requeued = images::recover_interrupted_uploads(&app).await?;
     if requeued > 0 {
         tracing::warn!(

@@ -122,6 +122,8 @@ impl TestCloud {
         ] {
             l.clear();
         }
+        // A bus of its own, so parallel tests don't see each other's casts.
+        config.messaging.transport_url = format!("memory://test-{}", uuid::Uuid::new_v4().simple());
         // Cheap password hashing: tests authenticate a lot.
         config.identity.argon2_memory_kib = 1024;
         config.identity.argon2_iterations = 1;
@@ -130,6 +132,7 @@ impl TestCloud {
         let pool = Db::connect(&config.database).await.expect("connecting");
         pool.migrate().await.expect("migrating");
         let app = Arc::new(App::new(pool, config.clone()).expect("the app layer"));
+        app.connect_rpc().await.expect("the message bus");
         let listeners = server::bind(&config).await.expect("binding");
         let server = Server::start(app.clone(), listeners).expect("serving");
         let urls: Vec<(ServiceKind, String)> = server

@@ -393,6 +393,8 @@ pub struct Expect {
     pub vm_states: Option<Vec<String>>,
     /// The VMM incarnation it must still run (`Some(None)`: none).
     pub vmm_id: Option<Option<String>>,
+    /// The host it must still be on (`Some(None)`: none yet).
+    pub host: Option<Option<String>>,
 }
 
 /// Fields an [`update_instance`] sets; `None` leaves a field alone,
@@ -531,6 +533,15 @@ fn add_expect(q: &mut Sql, expect: &Expect) {
         }
         Some(Some(v)) => {
             q.push(" AND vmm_id = ").bind(v.clone());
+        }
+        None => {}
+    }
+    match &expect.host {
+        Some(None) => {
+            q.push(" AND host IS NULL");
+        }
+        Some(Some(h)) => {
+            q.push(" AND host = ").bind(h.clone());
         }
         None => {}
     }

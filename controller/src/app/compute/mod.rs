@@ -2,5 +2,10 @@
 //! flavors, key pairs, server groups, quotas, hosts (services, hypervisors,
 //! aggregates, availability zones).
 
+pub mod common;
+pub mod flavors;
+pub mod keypairs;
 pub mod lifecycle;
+pub mod quotas;
+pub mod servers;
 pub mod states;
