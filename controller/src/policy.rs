@@ -348,6 +348,11 @@ pub const DEFAULT_RULES: &[(&str, &str, &str)] = &[
         "Evacuate a server from a failed host.",
     ),
     (
+        "os_compute_api:os-admin-actions:reset_state",
+        "role:admin",
+        "Reset a server's state to active or error.",
+    ),
+    (
         "os_compute_api:os-lock-server:lock",
         "role:admin or role:member and owner",
         "Lock a server.",

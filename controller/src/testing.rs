@@ -86,7 +86,7 @@ impl Drop for TestDb {
 /// The admin password test clouds are bootstrapped with.
 pub const ADMIN_PASSWORD: &str = "admin-secret";
 
-/// A controller serving identity, image and placement on ephemeral ports of
+/// A controller serving identity, compute, image, placement and network on ephemeral ports of
 /// 127.0.0.1, over a fresh database, bootstrapped.
 pub struct TestCloud {
     /// The app layer (for direct datastore access in tests).
@@ -114,9 +114,9 @@ impl TestCloud {
         config.api.identity_listen = "127.0.0.1:0".into();
         config.api.image_listen = "127.0.0.1:0".into();
         config.api.placement_listen = "127.0.0.1:0".into();
+        config.api.compute_listen = "127.0.0.1:0".into();
+        config.api.network_listen = "127.0.0.1:0".into();
         for l in [
-            &mut config.api.compute_listen,
-            &mut config.api.network_listen,
             &mut config.api.metadata_listen,
             &mut config.api.console_proxy_listen,
         ] {
@@ -143,6 +143,9 @@ impl TestCloud {
         let bootstrap = identity::bootstrap(&app, ADMIN_PASSWORD, &urls)
             .await
             .expect("bootstrap");
+        crate::app::network::bootstrap_default_network(&app, &bootstrap.admin_project_id)
+            .await
+            .expect("the default network");
         TestCloud {
             app,
             server: Some(server),
