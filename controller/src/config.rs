@@ -336,6 +336,16 @@ section! {
         /// The first three bytes of generated MAC addresses (Neutron's
         /// `base_mac`).
         base_mac: String = "fa:16:3e".into(),
+        /// Default quota: networks per project (-1: unlimited).
+        quota_network: i64 = 100,
+        /// Default quota: subnets per project.
+        quota_subnet: i64 = 100,
+        /// Default quota: ports per project.
+        quota_port: i64 = 500,
+        /// Default quota: security groups per project.
+        quota_security_group: i64 = 10,
+        /// Default quota: security group rules per project.
+        quota_security_group_rule: i64 = 100,
     }
 }
 

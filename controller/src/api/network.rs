@@ -59,6 +59,13 @@ pub fn router(app: State) -> Router {
             "/v2.0/security-group-rules/{id}",
             get(show_rule).delete(delete_rule),
         )
+        .route("/v2.0/quotas", get(list_quotas))
+        .route(
+            "/v2.0/quotas/{project}",
+            get(show_quota).put(update_quota).delete(delete_quota),
+        )
+        .route("/v2.0/quotas/{project}/default", get(default_quota))
+        .route("/v2.0/quotas/{project}/details", get(quota_details))
         .layer(middleware::from_fn(neutron_errors))
         .with_state(app)
 }
@@ -177,7 +184,12 @@ async fn resources(AxState(st): AxState<State>, headers: HeaderMap) -> Response 
     .into_response()
 }
 
-const EXTENSIONS: [(&str, &str, &str); 9] = [
+const EXTENSIONS: [(&str, &str, &str); 10] = [
+    (
+        "quotas",
+        "Quota management support",
+        "Expose functions for quotas management per project",
+    ),
     (
         "security-group",
         "security-group",
@@ -931,6 +943,85 @@ async fn delete_rule(
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
     sg::delete_rule(&st, &ctx, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- quotas --------------------------------------------------------------------------------------
+
+use crate::app::network::quotas as net_quotas;
+
+/// Projects with quotas of their own (Mica keeps none listed here).
+#[utoipa::path(get, path = "/v2.0/quotas", tag = "network", responses((status = 200, body = Object)))]
+async fn list_quotas(Auth(ctx): Auth) -> Result<Response> {
+    if !ctx.is_admin() {
+        return Err(Error::forbidden("(rule:get_quota) is disallowed by policy"));
+    }
+    Ok(axum::Json(json!({"quotas": []})).into_response())
+}
+
+/// A project's network quotas.
+#[utoipa::path(get, path = "/v2.0/quotas/{project}", tag = "network", params(("project" = String, Path)),
+    responses((status = 200, body = Object), (status = 403, body = Object)))]
+async fn show_quota(
+    AxState(st): AxState<State>,
+    Auth(ctx): Auth,
+    Path(project): Path<String>,
+) -> Result<Response> {
+    let (limits, _) = net_quotas::show(&st, &ctx, &project).await?;
+    Ok(axum::Json(json!({"quota": limits})).into_response())
+}
+
+/// The default network quotas.
+#[utoipa::path(get, path = "/v2.0/quotas/{project}/default", tag = "network", params(("project" = String, Path)),
+    responses((status = 200, body = Object)))]
+async fn default_quota(
+    AxState(st): AxState<State>,
+    Auth(_ctx): Auth,
+    Path(_project): Path<String>,
+) -> Result<Response> {
+    Ok(axum::Json(json!({"quota": net_quotas::defaults(&st)})).into_response())
+}
+
+/// A project's network quotas with usage.
+#[utoipa::path(get, path = "/v2.0/quotas/{project}/details", tag = "network", params(("project" = String, Path)),
+    responses((status = 200, body = Object), (status = 403, body = Object)))]
+async fn quota_details(
+    AxState(st): AxState<State>,
+    Auth(ctx): Auth,
+    Path(project): Path<String>,
+) -> Result<Response> {
+    let (limits, used) = net_quotas::show(&st, &ctx, &project).await?;
+    let mut q = Map::new();
+    for (k, l) in limits {
+        let u = used.get(&k).copied().unwrap_or(0);
+        q.insert(k, json!({"limit": l, "used": u, "reserved": 0}));
+    }
+    Ok(axum::Json(json!({"quota": q})).into_response())
+}
+
+/// Sets network quotas (admins).
+#[utoipa::path(put, path = "/v2.0/quotas/{project}", tag = "network", params(("project" = String, Path)),
+    request_body(content = Object), responses((status = 200, body = Object), (status = 400, body = Object), (status = 403, body = Object)))]
+async fn update_quota(
+    AxState(st): AxState<State>,
+    Auth(ctx): Auth,
+    Path(project): Path<String>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Response> {
+    let o = body_object(&body, "quota")?;
+    let limits = net_quotas::update(&st, &ctx, &project, o).await?;
+    Ok(axum::Json(json!({"quota": limits})).into_response())
+}
+
+/// Resets network quotas (admins).
+#[utoipa::path(delete, path = "/v2.0/quotas/{project}", tag = "network", params(("project" = String, Path)),
+    responses((status = 204), (status = 403, body = Object)))]
+async fn delete_quota(
+    AxState(st): AxState<State>,
+    Auth(ctx): Auth,
+    Path(project): Path<String>,
+) -> Result<StatusCode> {
+    net_quotas::delete(&st, &ctx, &project).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1095,3 +1095,21 @@ pub async fn ports_affected_by<'e>(
         .push("))) ORDER BY p.id");
     q.fetch_all(ex).await
 }
+
+/// How many of each network resource a project has: (networks, subnets,
+/// ports, security groups, security group rules).
+pub async fn count_of_project<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    project_id: &str,
+) -> Result<(i64, i64, i64, i64, i64)> {
+    Ok(sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM networks WHERE project_id = $1), \
+         (SELECT COUNT(*) FROM subnets WHERE project_id = $1), \
+         (SELECT COUNT(*) FROM ports WHERE project_id = $1), \
+         (SELECT COUNT(*) FROM security_groups WHERE project_id = $1), \
+         (SELECT COUNT(*) FROM security_group_rules WHERE project_id = $1)",
+    )
+    .bind(project_id)
+    .fetch_one(ex)
+    .await?)
+}

@@ -1582,6 +1582,28 @@ pub async fn create(
                 quotas::check_group_members(&mut tx, app, &project, &ctx.user_id, *gid, count)
                     .await?;
             }
+            let new_ports = p
+                .nics
+                .iter()
+                .filter(|n| matches!(n, Nic::Network { .. }))
+                .count() as i64;
+            if new_ports > 0 {
+                crate::app::network::quotas::check(
+                    &mut tx,
+                    app,
+                    &project,
+                    "port",
+                    new_ports * count,
+                )
+                .await
+                .map_err(|e| {
+                    if e.is(Kind::Conflict) {
+                        Error::forbidden(e.message)
+                    } else {
+                        e
+                    }
+                })?;
+            }
             let now = Timestamp::now();
             let mut made = Vec::new();
             for n in 0..count {

@@ -7,6 +7,7 @@
 
 pub mod addr;
 pub mod ports;
+pub mod quotas;
 pub mod security_groups;
 
 use std::collections::BTreeMap;
@@ -140,7 +141,7 @@ pub async fn create_network(app: &App, ctx: &Context, n: NewNetwork) -> Result<N
     let now = Timestamp::now();
     let row = NetworkRow {
         id: uuid::Uuid::new_v4().to_string(),
-        project_id: project,
+        project_id: project.clone(),
         name: n.name,
         description: n.description,
         shared: n.shared,
@@ -157,7 +158,16 @@ pub async fn create_network(app: &App, ctx: &Context, n: NewNetwork) -> Result<N
         updated_at: now,
         revision_number: 1,
     };
-    store::insert_network(app.db.pool(), &row).await?;
+    app.db
+        .retry(|| async {
+            let mut tx = app.db.begin().await?;
+            crate::db::quotas::lock_project(&mut tx, &project).await?;
+            quotas::check(&mut tx, app, &project, "network", 1).await?;
+            store::insert_network(&mut *tx, &row).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await?;
     Ok(row)
 }
 
@@ -440,6 +450,8 @@ pub async fn create_subnet(app: &App, ctx: &Context, s: NewSubnet) -> Result<Sub
     app.db
         .retry(|| async {
             let mut tx = app.db.begin().await?;
+            crate::db::quotas::lock_project(&mut tx, &row.project_id).await?;
+            quotas::check(&mut tx, app, &row.project_id, "subnet", 1).await?;
             // Serialize subnet creation on the network (overlap check).
             store::update_network(&mut *tx, &n.id, &NetworkUpdate::default()).await?;
             for other in store::list_subnets(&mut *tx, None, Some(&n.id)).await? {

@@ -399,6 +399,8 @@ pub async fn create_port(app: &App, ctx: &Context, p: NewPort) -> Result<Port> {
         .db
         .retry(|| async {
             let mut tx = app.db.begin().await?;
+            crate::db::quotas::lock_project(&mut tx, &req.project_id).await?;
+            super::quotas::check(&mut tx, app, &req.project_id, "port", 1).await?;
             let port = allocate_port(&mut tx, &base, &req).await?;
             tx.commit().await?;
             Ok(port)

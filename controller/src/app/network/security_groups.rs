@@ -271,6 +271,16 @@ pub async fn create_group(
     app.db
         .retry(|| async {
             let mut tx = app.db.begin().await?;
+            crate::db::quotas::lock_project(&mut tx, &row.project_id).await?;
+            super::quotas::check(&mut tx, app, &row.project_id, "security_group", 1).await?;
+            super::quotas::check(
+                &mut tx,
+                app,
+                &row.project_id,
+                "security_group_rule",
+                rules.len() as i64,
+            )
+            .await?;
             store::insert_group(&mut *tx, &row).await?;
             for r in &rules {
                 store::insert_rule(&mut *tx, r).await?;
@@ -593,6 +603,8 @@ pub async fn create_rule(app: &App, ctx: &Context, mut r: NewRule) -> Result<Rul
     app.db
         .retry(|| async {
             let mut tx = app.db.begin().await?;
+            crate::db::quotas::lock_project(&mut tx, &g.row.project_id).await?;
+            super::quotas::check(&mut tx, app, &g.row.project_id, "security_group_rule", 1).await?;
             if !store::touch_group(&mut *tx, &g.row.id).await? {
                 return Err(group_not_found(&g.row.id));
             }
