@@ -1525,6 +1525,54 @@ async fn quotas_are_enforced_with_novas_messages(backend: Backend) {
         nova_error(r, 403, "forbidden").await,
         "Quota exceeded, too many server groups."
     );
+    // Quota classes: the `default` class overrides [quota]; its fields
+    // follow 2.50 (server groups in, network proxies out).
+    let c = env
+        .nova_ok(
+            &fx.admin,
+            Method::GET,
+            "/os-quota-class-sets/default",
+            1,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(c["quota_class_set"]["floating_ips"], 10);
+    assert!(c["quota_class_set"].get("server_groups").is_none());
+    let c = env
+        .nova_ok(
+            &fx.admin,
+            Method::PUT,
+            "/os-quota-class-sets/default",
+            56,
+            Some(json!({"quota_class_set": {"instances": 7}})),
+            200,
+        )
+        .await;
+    assert_eq!(c["quota_class_set"]["instances"], 7);
+    assert!(c["quota_class_set"].get("floating_ips").is_none());
+    assert_eq!(c["quota_class_set"]["server_groups"], 10);
+    let d = env
+        .nova_ok(
+            &alice,
+            Method::GET,
+            &format!("/os-quota-sets/{}/defaults", alice.project_id),
+            56,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(d["quota_set"]["instances"], 7);
+    let r = env
+        .nova(
+            &alice,
+            Method::GET,
+            "/os-quota-class-sets/default",
+            Some(56),
+            None,
+        )
+        .await;
+    nova_error(r, 403, "forbidden").await;
     // Members can't change quotas.
     let r = env
         .nova(

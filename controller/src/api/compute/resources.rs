@@ -582,6 +582,37 @@ pub fn quota_keys(mv: Mv) -> Vec<&'static str> {
     keys
 }
 
+/// The quota class resources shown at `mv`: before 2.50 the network ones
+/// and no server group ones (Nova's 2.50 change), otherwise as quota sets.
+pub fn class_keys(mv: Mv) -> Vec<&'static str> {
+    if mv.at_least(50) {
+        let mut keys: Vec<&str> = quotas::RESOURCES.to_vec();
+        if mv.at_least(57) {
+            keys.retain(|r| !quotas::INJECTED.contains(r));
+        }
+        return keys;
+    }
+    let mut keys: Vec<&str> = quotas::RESOURCES
+        .iter()
+        .copied()
+        .filter(|r| !r.starts_with("server_group"))
+        .collect();
+    keys.extend(quotas::NETWORK_LEGACY.iter().map(|(r, _)| *r));
+    keys
+}
+
+fn class_view(mv: Mv, id: Option<&str>, limits: &BTreeMap<String, i64>) -> Value {
+    let mut v = Map::new();
+    if let Some(id) = id {
+        v.insert("id".into(), id.into());
+    }
+    for k in class_keys(mv) {
+        let n = limits.get(k).copied().or_else(|| legacy(k)).unwrap_or(-1);
+        v.insert(k.into(), n.into());
+    }
+    Value::Object(v)
+}
+
 fn legacy(r: &str) -> Option<i64> {
     quotas::NETWORK_LEGACY
         .iter()
@@ -703,7 +734,7 @@ pub async fn show_quota_class(
     Path(class): Path<String>,
 ) -> Result<Response> {
     let d = quotas::show_class(&st, &ctx, &class).await?;
-    Ok(axum::Json(json!({"quota_class_set": quota_view(mv, Some(&class), &d)})).into_response())
+    Ok(axum::Json(json!({"quota_class_set": class_view(mv, Some(&class), &d)})).into_response())
 }
 
 /// Changes a quota class.
@@ -717,9 +748,9 @@ pub async fn update_quota_class(
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response> {
     let set = object(&body, "quota_class_set")?;
-    let known = quota_keys(mv);
+    let known = class_keys(mv);
     let d = quotas::update_class(&st, &ctx, &class, set, &known).await?;
-    Ok(axum::Json(json!({"quota_class_set": quota_view(mv, None, &d)})).into_response())
+    Ok(axum::Json(json!({"quota_class_set": class_view(mv, None, &d)})).into_response())
 }
 
 /// Absolute limits and usage.
