@@ -205,3 +205,16 @@ pub async fn member_hosts<'e>(
     .fetch_all(ex)
     .await?)
 }
+
+/// The group (uuid) of each of `instance_uuids` that is in one.
+pub async fn groups_of_instances<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    instance_uuids: &[String],
+) -> Result<Vec<(String, String)>> {
+    let mut q = Sql::new(
+        "SELECT m.instance_uuid, g.uuid FROM server_group_members m \
+         JOIN server_groups g ON g.id = m.group_id WHERE m.instance_uuid IN (",
+    );
+    q.bind_list(instance_uuids.to_vec()).push(")");
+    q.fetch_all(ex).await
+}

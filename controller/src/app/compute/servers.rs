@@ -201,10 +201,8 @@ pub async fn load(app: &App, rows: Vec<InstanceRow>) -> Result<Vec<ServerData>> 
         }
     }
     let mut groups_of: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for u in &uuids {
-        if let Some(g) = server_groups::group_of_instance(&mut conn, u).await? {
-            groups_of.insert(u.clone(), vec![g.row.uuid]);
-        }
+    for (u, g) in server_groups::groups_of_instances(&mut *conn, &uuids).await? {
+        groups_of.entry(u).or_default().push(g);
     }
     drop(conn);
     let hosts_wanted: BTreeSet<String> = rows.iter().filter_map(|r| r.host.clone()).collect();
