@@ -302,6 +302,54 @@ section! {
 }
 
 section! {
+    /// The compute API (nova-api's `[api]` and `DEFAULT` options).
+    Compute, "compute" {
+        /// Most items a list returns per page (nova's `[api] max_limit`); a
+        /// bigger `limit` is capped.
+        max_limit: i64 = 1000,
+        /// The availability zone of hosts in no zone-naming aggregate, and of
+        /// servers that ask for none (nova's `default_availability_zone`).
+        default_availability_zone: String = "nova".into(),
+        /// A compute service is down when its last heartbeat is older than this
+        /// many seconds (nova's `service_down_time`).
+        service_down_time_secs: i64 = 60,
+        /// Return a generated `adminPass` when a server is created (nova's
+        /// `[api] enable_instance_password`).
+        enable_instance_password: bool = true,
+        /// Most instances one create request may ask for (`max_count`).
+        max_instances_per_request: i64 = 1000,
+    }
+}
+
+section! {
+    /// The network API (a Neutron v2.0 subset) and the network bootstrap
+    /// creates.
+    Network, "network" {
+        /// Name of the shared network `bootstrap` creates (empty: none).
+        default_network_name: String = "shared".into(),
+        /// Its subnet's CIDR.
+        default_subnet_cidr: String = "10.0.0.0/24".into(),
+        /// Its DNS servers.
+        default_dns_nameservers: Vec<String> = vec![],
+        /// MTU of new networks.
+        default_mtu: i64 = 1500,
+        /// The first three bytes of generated MAC addresses (Neutron's
+        /// `base_mac`).
+        base_mac: String = "fa:16:3e".into(),
+        /// Default quota: networks per project (-1: unlimited).
+        quota_network: i64 = 100,
+        /// Default quota: subnets per project.
+        quota_subnet: i64 = 100,
+        /// Default quota: ports per project.
+        quota_port: i64 = 500,
+        /// Default quota: security groups per project.
+        quota_security_group: i64 = 10,
+        /// Default quota: security group rules per project.
+        quota_security_group_rule: i64 = 100,
+    }
+}
+
+section! {
     /// What `mica-controller bootstrap` creates: the admin user and project,
     /// the roles, and the service catalog.
     Bootstrap, "bootstrap" {
@@ -346,6 +394,10 @@ pub struct Config {
     pub filter_scheduler: FilterScheduler,
     /// `[quota]`
     pub quota: Quota,
+    /// `[compute]`
+    pub compute: Compute,
+    /// `[network]`
+    pub network: Network,
     /// `[bootstrap]`
     pub bootstrap: Bootstrap,
     /// `[log]`
@@ -387,6 +439,8 @@ impl Config {
             Scheduler::describe(),
             FilterScheduler::describe(),
             Quota::describe(),
+            Compute::describe(),
+            Network::describe(),
             Bootstrap::describe(),
             Log::describe(),
         ]

@@ -17,7 +17,7 @@ use mica_controller::server;
     name = "mica-controller",
     version,
     after_help = "ROLES (run one or more: `mica-controller api`, `mica-controller all`):\n  \
-        api            the HTTP APIs (identity, image, placement)\n  \
+        api            the HTTP APIs (identity, compute, image, placement, network)\n  \
         scheduler      not implemented yet\n  \
         conductor      not implemented yet\n  \
         console-proxy  not implemented yet\n  \
@@ -172,6 +172,17 @@ async fn dispatch(cmd: Command, config: Config) -> mica_controller::Result<()> {
             );
             for (kind, url) in report.endpoints {
                 println!("catalog: {kind} {url}");
+            }
+            if let Some(net) = mica_controller::app::network::bootstrap_default_network(
+                &app,
+                &report.admin_project_id,
+            )
+            .await?
+            {
+                println!(
+                    "network: {} ({net}), shared",
+                    config.network.default_network_name
+                );
             }
             db.close().await;
             Ok(())

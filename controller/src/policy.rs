@@ -191,6 +191,471 @@ pub const DEFAULT_RULES: &[(&str, &str, &str)] = &[
         "role:admin",
         "Every placement operation.",
     ),
+    // compute (Nova's rule names)
+    (
+        "os_compute_api:servers:index",
+        "role:reader",
+        "List servers.",
+    ),
+    (
+        "os_compute_api:servers:detail",
+        "role:reader",
+        "List servers with details.",
+    ),
+    (
+        "os_compute_api:servers:index:get_all_tenants",
+        "role:admin",
+        "List the servers of every project.",
+    ),
+    (
+        "os_compute_api:servers:detail:get_all_tenants",
+        "role:admin",
+        "List the servers of every project, with details.",
+    ),
+    (
+        "os_compute_api:servers:allow_all_filters",
+        "role:admin",
+        "Filter server lists by every field (host, node, …).",
+    ),
+    (
+        "os_compute_api:servers:show",
+        "role:admin or role:reader and owner",
+        "Show a server.",
+    ),
+    (
+        "os_compute_api:servers:show:host_status",
+        "role:admin",
+        "See `host_status` of servers.",
+    ),
+    (
+        "os_compute_api:servers:show:flavor-extra-specs",
+        "role:admin or role:reader and owner",
+        "See the extra specs of a server's flavor (2.47).",
+    ),
+    (
+        "os_compute_api:os-extended-server-attributes",
+        "role:admin",
+        "See OS-EXT-SRV-ATTR:* (host, instance name, user data, …).",
+    ),
+    (
+        "os_compute_api:servers:create",
+        "role:member and owner",
+        "Create servers.",
+    ),
+    (
+        "os_compute_api:servers:create:forced_host",
+        "role:admin",
+        "Create a server on a given host (`zone:host:node`).",
+    ),
+    (
+        "os_compute_api:servers:create:requested_destination",
+        "role:admin",
+        "Create a server on a given host (2.74 `host`, `hypervisor_hostname`).",
+    ),
+    (
+        "os_compute_api:servers:update",
+        "role:admin or role:member and owner",
+        "Rename or describe a server.",
+    ),
+    (
+        "os_compute_api:servers:delete",
+        "role:admin or role:member and owner",
+        "Delete a server.",
+    ),
+    (
+        "os_compute_api:servers:start",
+        "role:admin or role:member and owner",
+        "Start a server.",
+    ),
+    (
+        "os_compute_api:servers:stop",
+        "role:admin or role:member and owner",
+        "Stop a server.",
+    ),
+    (
+        "os_compute_api:servers:reboot",
+        "role:admin or role:member and owner",
+        "Reboot a server.",
+    ),
+    (
+        "os_compute_api:os-pause-server:pause",
+        "role:admin or role:member and owner",
+        "Pause a server.",
+    ),
+    (
+        "os_compute_api:os-pause-server:unpause",
+        "role:admin or role:member and owner",
+        "Unpause a server.",
+    ),
+    (
+        "os_compute_api:os-suspend-server:suspend",
+        "role:admin or role:member and owner",
+        "Suspend a server.",
+    ),
+    (
+        "os_compute_api:os-suspend-server:resume",
+        "role:admin or role:member and owner",
+        "Resume a server.",
+    ),
+    (
+        "os_compute_api:servers:resize",
+        "role:admin or role:member and owner",
+        "Resize a server.",
+    ),
+    (
+        "os_compute_api:servers:confirm_resize",
+        "role:admin or role:member and owner",
+        "Confirm a resize.",
+    ),
+    (
+        "os_compute_api:servers:revert_resize",
+        "role:admin or role:member and owner",
+        "Revert a resize.",
+    ),
+    (
+        "os_compute_api:os-rescue",
+        "role:admin or role:member and owner",
+        "Rescue a server.",
+    ),
+    (
+        "os_compute_api:os-unrescue",
+        "role:admin or role:member and owner",
+        "Unrescue a server.",
+    ),
+    (
+        "os_compute_api:servers:create_image",
+        "role:admin or role:member and owner",
+        "Snapshot a server.",
+    ),
+    (
+        "os_compute_api:servers:rebuild",
+        "role:admin or role:member and owner",
+        "Rebuild a server.",
+    ),
+    (
+        "os_compute_api:os-migrate-server:migrate",
+        "role:admin",
+        "Cold-migrate a server.",
+    ),
+    (
+        "os_compute_api:os-migrate-server:migrate_live",
+        "role:admin",
+        "Live-migrate a server.",
+    ),
+    (
+        "os_compute_api:os-evacuate",
+        "role:admin",
+        "Evacuate a server from a failed host.",
+    ),
+    (
+        "os_compute_api:os-admin-actions:reset_state",
+        "role:admin",
+        "Reset a server's state to active or error.",
+    ),
+    (
+        "os_compute_api:os-lock-server:lock",
+        "role:admin or role:member and owner",
+        "Lock a server.",
+    ),
+    (
+        "os_compute_api:os-lock-server:unlock",
+        "role:admin or role:member and owner",
+        "Unlock a server.",
+    ),
+    (
+        "os_compute_api:os-lock-server:unlock:unlock_override",
+        "role:admin",
+        "Unlock a server locked by an admin.",
+    ),
+    (
+        "os_compute_api:os-security-groups:add",
+        "role:admin or role:member and owner",
+        "Add a security group to a server.",
+    ),
+    (
+        "os_compute_api:os-security-groups:remove",
+        "role:admin or role:member and owner",
+        "Remove a security group from a server.",
+    ),
+    (
+        "os_compute_api:os-security-groups:list",
+        "role:admin or role:reader and owner",
+        "List a server's security groups.",
+    ),
+    (
+        "os_compute_api:server-metadata:index",
+        "role:admin or role:reader and owner",
+        "Read a server's metadata.",
+    ),
+    (
+        "os_compute_api:server-metadata:update",
+        "role:admin or role:member and owner",
+        "Change a server's metadata.",
+    ),
+    (
+        "os_compute_api:os-server-tags:index",
+        "role:admin or role:reader and owner",
+        "Read a server's tags.",
+    ),
+    (
+        "os_compute_api:os-server-tags:update",
+        "role:admin or role:member and owner",
+        "Change a server's tags.",
+    ),
+    (
+        "os_compute_api:os-instance-actions:list",
+        "role:admin or role:reader and owner",
+        "List a server's instance actions.",
+    ),
+    (
+        "os_compute_api:os-instance-actions:events:details",
+        "role:admin",
+        "See the host and traceback of instance action events.",
+    ),
+    (
+        "os_compute_api:os-flavor-manage:create",
+        "role:admin",
+        "Create flavors.",
+    ),
+    (
+        "os_compute_api:os-flavor-manage:update",
+        "role:admin",
+        "Update a flavor's description.",
+    ),
+    (
+        "os_compute_api:os-flavor-manage:delete",
+        "role:admin",
+        "Delete flavors.",
+    ),
+    (
+        "os_compute_api:os-flavor-extra-specs:index",
+        "role:reader",
+        "Read flavor extra specs.",
+    ),
+    (
+        "os_compute_api:os-flavor-extra-specs:manage",
+        "role:admin",
+        "Change flavor extra specs.",
+    ),
+    (
+        "os_compute_api:os-flavor-access",
+        "role:admin",
+        "List the projects of a private flavor.",
+    ),
+    (
+        "os_compute_api:os-flavor-access:manage",
+        "role:admin",
+        "Grant or revoke access to a private flavor.",
+    ),
+    (
+        "os_compute_api:os-keypairs",
+        "role:admin or user",
+        "Use key pairs (one's own; admins: anyone's, 2.10).",
+    ),
+    (
+        "os_compute_api:os-server-groups:index",
+        "role:reader",
+        "List server groups.",
+    ),
+    (
+        "os_compute_api:os-server-groups:index:all_projects",
+        "role:admin",
+        "List the server groups of every project.",
+    ),
+    (
+        "os_compute_api:os-server-groups:show",
+        "role:admin or role:reader and owner",
+        "Show a server group.",
+    ),
+    (
+        "os_compute_api:os-server-groups:create",
+        "role:member and owner",
+        "Create server groups.",
+    ),
+    (
+        "os_compute_api:os-server-groups:delete",
+        "role:admin or role:member and owner",
+        "Delete a server group.",
+    ),
+    (
+        "os_compute_api:os-quota-sets:show",
+        "role:admin or role:reader and owner",
+        "Show a project's quotas.",
+    ),
+    (
+        "os_compute_api:os-quota-sets:update",
+        "role:admin",
+        "Set quotas.",
+    ),
+    (
+        "os_compute_api:os-quota-sets:delete",
+        "role:admin",
+        "Reset quotas to the defaults.",
+    ),
+    (
+        "os_compute_api:os-quota-sets:defaults",
+        "@",
+        "Show the default quotas.",
+    ),
+    (
+        "os_compute_api:os-quota-class-sets:show",
+        "role:admin",
+        "Show a quota class.",
+    ),
+    (
+        "os_compute_api:os-quota-class-sets:update",
+        "role:admin",
+        "Change a quota class (`default`).",
+    ),
+    ("os_compute_api:limits", "@", "Show one's limits."),
+    (
+        "os_compute_api:limits:other_project",
+        "role:admin",
+        "Show another project's limits (`tenant_id`).",
+    ),
+    (
+        "os_compute_api:os-availability-zone:list",
+        "@",
+        "List availability zones.",
+    ),
+    (
+        "os_compute_api:os-availability-zone:detail",
+        "role:admin",
+        "List availability zones with their hosts and services.",
+    ),
+    (
+        "os_compute_api:os-aggregates",
+        "role:admin",
+        "Manage host aggregates.",
+    ),
+    (
+        "os_compute_api:os-services:list",
+        "role:admin",
+        "List compute services.",
+    ),
+    (
+        "os_compute_api:os-services:update",
+        "role:admin",
+        "Enable, disable or force down a compute service.",
+    ),
+    (
+        "os_compute_api:os-services:delete",
+        "role:admin",
+        "Delete a compute service.",
+    ),
+    (
+        "os_compute_api:os-hypervisors",
+        "role:admin",
+        "List and show hypervisors.",
+    ),
+    // network (Neutron's rule names, prefixed)
+    (
+        "network:get_network",
+        "role:reader",
+        "Show networks (own and shared).",
+    ),
+    (
+        "network:create_network",
+        "role:member and owner",
+        "Create networks.",
+    ),
+    (
+        "network:create_network:shared",
+        "role:admin",
+        "Create or make shared networks.",
+    ),
+    (
+        "network:create_network:provider",
+        "role:admin",
+        "Set provider attributes or router:external.",
+    ),
+    (
+        "network:update_network",
+        "role:admin or role:member and owner",
+        "Update a network.",
+    ),
+    (
+        "network:delete_network",
+        "role:admin or role:member and owner",
+        "Delete a network.",
+    ),
+    ("network:get_subnet", "role:reader", "Show subnets."),
+    (
+        "network:create_subnet",
+        "role:admin or role:member and owner",
+        "Create a subnet in a network.",
+    ),
+    (
+        "network:update_subnet",
+        "role:admin or role:member and owner",
+        "Update a subnet.",
+    ),
+    (
+        "network:delete_subnet",
+        "role:admin or role:member and owner",
+        "Delete a subnet.",
+    ),
+    (
+        "network:get_port",
+        "role:admin or role:reader and owner",
+        "Show ports.",
+    ),
+    ("network:create_port", "role:member", "Create ports."),
+    (
+        "network:create_port:mac_address",
+        "role:admin",
+        "Choose a port's MAC address.",
+    ),
+    (
+        "network:create_port:fixed_ips:ip_address",
+        "role:admin or role:member and owner",
+        "Choose a port's IP address (on one's own network).",
+    ),
+    (
+        "network:create_port:binding:host_id",
+        "role:admin",
+        "Bind a port to a host.",
+    ),
+    (
+        "network:update_port",
+        "role:admin or role:member and owner",
+        "Update a port.",
+    ),
+    (
+        "network:delete_port",
+        "role:admin or role:member and owner",
+        "Delete a port.",
+    ),
+    (
+        "network:get_security_group",
+        "role:admin or role:reader and owner",
+        "Show security groups.",
+    ),
+    (
+        "network:create_security_group",
+        "role:member and owner",
+        "Create security groups.",
+    ),
+    (
+        "network:update_security_group",
+        "role:admin or role:member and owner",
+        "Update a security group.",
+    ),
+    (
+        "network:delete_security_group",
+        "role:admin or role:member and owner",
+        "Delete a security group.",
+    ),
+    (
+        "network:create_security_group_rule",
+        "role:admin or role:member and owner",
+        "Add a rule to a security group.",
+    ),
+    (
+        "network:delete_security_group_rule",
+        "role:admin or role:member and owner",
+        "Remove a rule from a security group.",
+    ),
 ];
 
 #[derive(Debug, Clone, PartialEq)]

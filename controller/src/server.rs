@@ -4,7 +4,7 @@
 //!
 //! | role | what | state |
 //! |---|---|---|
-//! | `api` | the HTTP APIs, one listener each | identity, image, placement today; compute, network, metadata come with their issues |
+//! | `api` | the HTTP APIs, one listener each | identity, compute, image, placement, network; metadata comes with its issue |
 //! | `scheduler` | placement candidates → filters → weighers | not implemented yet |
 //! | `conductor` | multi-step operations as sagas | not implemented yet |
 //! | `console-proxy` | noVNC and serial WebSocket proxy | not implemented yet |
@@ -87,10 +87,12 @@ impl Role {
 }
 
 /// The services whose API this build serves.
-pub const IMPLEMENTED_APIS: [ServiceKind; 3] = [
+pub const IMPLEMENTED_APIS: [ServiceKind; 5] = [
     ServiceKind::Identity,
+    ServiceKind::Compute,
     ServiceKind::Image,
     ServiceKind::Placement,
+    ServiceKind::Network,
 ];
 
 /// The router of one API, with the shared middleware.
@@ -99,6 +101,8 @@ pub fn router(kind: ServiceKind, app: Arc<App>) -> Option<Router> {
         ServiceKind::Identity => api::identity::router(app),
         ServiceKind::Image => api::image::router(app),
         ServiceKind::Placement => api::placement::router(app),
+        ServiceKind::Compute => api::compute::router(app),
+        ServiceKind::Network => api::network::router(app),
         _ => return None,
     };
     Some(r.layer(axum::middleware::from_fn(api::request_context)))
@@ -273,6 +277,8 @@ pub async fn run(config: Config, names: &[String]) -> Result<()> {
         check_migrated(&db).await?;
     }
     let app = Arc::new(App::new(db.clone(), config.clone())?);
+    // The compute API hands work to the conductor over the bus.
+    app.connect_rpc().await?;
     let requeued = images::recover_interrupted_uploads(&app).await?;
     if requeued > 0 {
         tracing::warn!(

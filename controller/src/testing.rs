@@ -86,7 +86,7 @@ impl Drop for TestDb {
 /// The admin password test clouds are bootstrapped with.
 pub const ADMIN_PASSWORD: &str = "admin-secret";
 
-/// A controller serving identity, image and placement on ephemeral ports of
+/// A controller serving identity, compute, image, placement and network on ephemeral ports of
 /// 127.0.0.1, over a fresh database, bootstrapped.
 pub struct TestCloud {
     /// The app layer (for direct datastore access in tests).
@@ -114,14 +114,16 @@ impl TestCloud {
         config.api.identity_listen = "127.0.0.1:0".into();
         config.api.image_listen = "127.0.0.1:0".into();
         config.api.placement_listen = "127.0.0.1:0".into();
+        config.api.compute_listen = "127.0.0.1:0".into();
+        config.api.network_listen = "127.0.0.1:0".into();
         for l in [
-            &mut config.api.compute_listen,
-            &mut config.api.network_listen,
             &mut config.api.metadata_listen,
             &mut config.api.console_proxy_listen,
         ] {
             l.clear();
         }
+        // A bus of its own, so parallel tests don't see each other's casts.
+        config.messaging.transport_url = format!("memory://test-{}", uuid::Uuid::new_v4().simple());
         // Cheap password hashing: tests authenticate a lot.
         config.identity.argon2_memory_kib = 1024;
         config.identity.argon2_iterations = 1;
@@ -130,6 +132,7 @@ impl TestCloud {
         let pool = Db::connect(&config.database).await.expect("connecting");
         pool.migrate().await.expect("migrating");
         let app = Arc::new(App::new(pool, config.clone()).expect("the app layer"));
+        app.connect_rpc().await.expect("the message bus");
         let listeners = server::bind(&config).await.expect("binding");
         let server = Server::start(app.clone(), listeners).expect("serving");
         let urls: Vec<(ServiceKind, String)> = server
@@ -140,6 +143,9 @@ impl TestCloud {
         let bootstrap = identity::bootstrap(&app, ADMIN_PASSWORD, &urls)
             .await
             .expect("bootstrap");
+        crate::app::network::bootstrap_default_network(&app, &bootstrap.admin_project_id)
+            .await
+            .expect("the default network");
         TestCloud {
             app,
             server: Some(server),

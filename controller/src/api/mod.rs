@@ -10,8 +10,10 @@
 //!   `{"errors": [{status, title, detail, code, request_id}]}`, and
 //!   `{"<name>": {code, message}}` for the others (see API.md).
 
+pub mod compute;
 pub mod identity;
 pub mod image;
+pub mod network;
 pub mod openapi;
 pub mod placement;
 
@@ -118,6 +120,8 @@ pub enum ErrorStyle {
     Placement,
     /// Nova and the others: `{"<name>": {"code", "message"}}`.
     Nova,
+    /// Neutron: `{"NeutronError": {"type", "message", "detail"}}`.
+    Neutron,
 }
 
 fn kind_of_status(status: StatusCode) -> Kind {
@@ -208,6 +212,15 @@ pub async fn render_error(
             info.kind.nova_name(): {
                 "code": status.as_u16(),
                 "message": info.message,
+            }
+        }),
+        ErrorStyle::Neutron => serde_json::json!({
+            "NeutronError": {
+                "type": info.code.map(str::to_owned).unwrap_or_else(|| {
+                    format!("HTTP{}", info.kind.title().replace(' ', ""))
+                }),
+                "message": info.message,
+                "detail": "",
             }
         }),
     };

@@ -14,10 +14,18 @@ pub fn documents() -> Vec<(&'static str, String)> {
     };
     vec![
         (
+            "compute.json",
+            pretty(super::compute::ComputeApi::openapi()),
+        ),
+        (
             "identity.json",
             pretty(super::identity::IdentityApi::openapi()),
         ),
         ("image.json", pretty(super::image::ImageApi::openapi())),
+        (
+            "network.json",
+            pretty(super::network::NetworkApi::openapi()),
+        ),
         (
             "placement.json",
             pretty(super::placement::PlacementApi::openapi()),

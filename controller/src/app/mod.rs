@@ -2,8 +2,10 @@
 //! handlers (`api`) and the datastore (`db`). Nothing here knows about HTTP
 //! and nothing here holds SQL.
 
+pub mod compute;
 pub mod identity;
 pub mod images;
+pub mod network;
 pub mod placement;
 
 use std::sync::Arc;
@@ -125,7 +127,7 @@ impl ServiceKind {
 }
 
 /// Shared state of the app layer: the database, the configuration, the
-/// policy, and the image store.
+/// policy, the image store, and the message bus.
 pub struct App {
     /// The database.
     pub db: Db,
@@ -135,6 +137,9 @@ pub struct App {
     pub policy: Policy,
     /// Where image data lives.
     pub images: images::Store,
+    /// The RPC bus (`[messaging] transport_url`), once connected
+    /// ([`App::connect_rpc`]).
+    rpc: std::sync::OnceLock<mica_rpc::Rpc>,
 }
 
 impl App {
@@ -147,6 +152,41 @@ impl App {
             config,
             policy,
             images,
+            rpc: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Connects to the RPC bus of `[messaging] transport_url` (once; later
+    /// calls keep the first connection).
+    pub async fn connect_rpc(&self) -> Result<()> {
+        if self.rpc.get().is_some() {
+            return Ok(());
+        }
+        let rpc = mica_rpc::Rpc::connect(&self.config.messaging.transport_url)
+            .await
+            .map_err(|e| {
+                Error::new(
+                    crate::error::Kind::ServiceUnavailable,
+                    "The message bus is unavailable.",
+                )
+                .with_source(e)
+            })?;
+        let _ = self.rpc.set(rpc);
+        Ok(())
+    }
+
+    /// Uses an already connected bus (tests, and roles sharing one).
+    pub fn set_rpc(&self, rpc: mica_rpc::Rpc) {
+        let _ = self.rpc.set(rpc);
+    }
+
+    /// The RPC bus; 503 when it was never connected.
+    pub fn rpc(&self) -> Result<&mica_rpc::Rpc> {
+        self.rpc.get().ok_or_else(|| {
+            Error::new(
+                crate::error::Kind::ServiceUnavailable,
+                "The message bus is not connected.",
+            )
         })
     }
 }

@@ -35,6 +35,8 @@ pub struct Env {
     pub identity: String,
     pub image: String,
     pub placement: String,
+    pub compute: String,
+    pub network: String,
 }
 
 /// Someone with a token.
@@ -60,6 +62,8 @@ impl Env {
             identity: cloud.base(ServiceKind::Identity),
             image: cloud.base(ServiceKind::Image),
             placement: cloud.base(ServiceKind::Placement),
+            compute: cloud.base(ServiceKind::Compute),
+            network: cloud.base(ServiceKind::Network),
             cloud,
         }
     }
@@ -201,6 +205,71 @@ impl Env {
             .request(method, format!("{}{path}", self.placement))
             .header("x-auth-token", &who.token)
             .header("openstack-api-version", format!("placement 1.{minor}"));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send().await.unwrap()
+    }
+}
+
+impl Env {
+    /// A compute request at microversion `2.minor` (`None`: no header).
+    pub async fn nova(
+        &self,
+        who: &Caller,
+        method: Method,
+        path: &str,
+        minor: Option<u32>,
+        body: Option<Value>,
+    ) -> Response {
+        let mut req = self
+            .http
+            .request(method, format!("{}/v2.1{path}", self.compute))
+            .header("x-auth-token", &who.token);
+        if let Some(m) = minor {
+            req = req.header("openstack-api-version", format!("compute 2.{m}"));
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// A compute request at `minor` whose status must be `status`; returns the body.
+    pub async fn nova_ok(
+        &self,
+        who: &Caller,
+        method: Method,
+        path: &str,
+        minor: u32,
+        body: Option<Value>,
+        status: u16,
+    ) -> Value {
+        let r = self
+            .nova(who, method.clone(), path, Some(minor), body)
+            .await;
+        let got = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert_eq!(got, status, "{method} {path} at 2.{minor}: {text}");
+        if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap()
+        }
+    }
+
+    /// A network API request.
+    pub async fn neutron(
+        &self,
+        who: &Caller,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Response {
+        let mut req = self
+            .http
+            .request(method, format!("{}/v2.0{path}", self.network))
+            .header("x-auth-token", &who.token);
         if let Some(b) = body {
             req = req.json(&b);
         }
