@@ -18,6 +18,8 @@ pub mod context;
 pub mod db;
 pub mod error;
 pub mod policy;
+pub mod saga;
+pub mod scheduler;
 pub mod server;
 pub mod testing;
 

@@ -39,6 +39,8 @@
 pub mod identity;
 pub mod images;
 pub mod placement;
+pub mod sagas;
+pub mod scheduler;
 
 use std::borrow::Cow;
 use std::fmt;
