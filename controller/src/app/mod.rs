@@ -2,6 +2,7 @@
 //! handlers (`api`) and the datastore (`db`). Nothing here knows about HTTP
 //! and nothing here holds SQL.
 
+pub mod compute;
 pub mod identity;
 pub mod images;
 pub mod placement;

@@ -1,5 +1,8 @@
 //! The datastore: every SQL statement of the controller lives under this module,
-//! one file per table group ([`identity`], [`images`], [`placement`]).
+//! one file per table group ([`identity`], [`images`], [`placement`], and for
+//! the compute and network APIs [`flavors`] (with key pairs), [`instances`],
+//! [`hosts`] (services, compute nodes, aggregates), [`server_groups`],
+//! [`quotas`] and [`network`]).
 //!
 //! # One code path for PostgreSQL and SQLite
 //!
@@ -36,11 +39,17 @@
 //! every committed competitor. A transaction that loses a race with a deadlock,
 //! a serialization failure or a busy SQLite is retried by [`Db::retry`].
 
+pub mod flavors;
+pub mod hosts;
 pub mod identity;
 pub mod images;
+pub mod instances;
+pub mod network;
 pub mod placement;
+pub mod quotas;
 pub mod sagas;
 pub mod scheduler;
+pub mod server_groups;
 
 use std::borrow::Cow;
 use std::fmt;
