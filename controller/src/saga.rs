@@ -593,12 +593,32 @@ impl<C: Send + Sync + 'static> Engine<C> {
         &self,
         sagas: &[(String, K::Params)],
     ) -> Result<usize> {
+        let created = self.create_many_deferred::<K>(sagas).await?;
+        let n = created.len();
+        self.launch(created);
+        Ok(n)
+    }
+
+    /// Starts sagas created by [`Engine::create_many_deferred`].
+    pub fn launch(&self, rows: Vec<SagaRow>) {
+        for r in rows {
+            self.spawn(r);
+        }
+    }
+
+    /// Creates several sagas of kind `K` in one transaction without starting
+    /// them; returns the new ones, for [`Engine::launch`]. Should this
+    /// process die before launching them, another engine adopts them once
+    /// their lease runs out.
+    pub async fn create_many_deferred<K: SagaKind<C>>(
+        &self,
+        sagas: &[(String, K::Params)],
+    ) -> Result<Vec<SagaRow>> {
         let rows = sagas
             .iter()
             .map(|(id, p)| self.row::<K>(id, p))
             .collect::<Result<Vec<_>>>()?;
-        let created = self
-            .inner
+        self.inner
             .db
             .retry(|| async {
                 let mut tx = self.inner.db.begin().await?;
@@ -611,12 +631,7 @@ impl<C: Send + Sync + 'static> Engine<C> {
                 tx.commit().await?;
                 Ok(created)
             })
-            .await?;
-        let n = created.len();
-        for r in created {
-            self.spawn(r);
-        }
-        Ok(n)
+            .await
     }
 
     fn spawn(&self, row: SagaRow) {

@@ -444,7 +444,7 @@ pub async fn host_infos(
         Default::default();
     let services: Vec<ServiceRow> = sqlx::query_as(
         "SELECT host, disabled, forced_down, created_at, updated_at FROM compute_services \
-         WHERE binary_name = 'mica-agent'",
+         WHERE binary_name = 'nova-compute'",
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -506,4 +506,21 @@ pub async fn host_infos(
         out.entry(host).or_default().failed_builds = u32::try_from(n).unwrap_or(u32::MAX);
     }
     Ok(out)
+}
+
+/// Where the instances among `members` hold allocations: (instance, host
+/// name of the provider).
+pub async fn member_placements<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    members: &[String],
+) -> Result<Vec<(String, String)>> {
+    if members.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut q = Sql::new(
+        "SELECT DISTINCT a.consumer_uuid, rp.name FROM allocations a \
+         JOIN resource_providers rp ON rp.uuid = a.provider_uuid WHERE a.consumer_uuid IN (",
+    );
+    q.bind_list(members.to_vec()).push(")");
+    q.fetch_all(ex).await
 }

@@ -29,6 +29,7 @@ pub mod cache;
 pub mod filters;
 pub mod host_state;
 pub mod policy;
+pub mod rpc;
 pub mod weighers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
