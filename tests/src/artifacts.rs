@@ -120,6 +120,21 @@ pub fn stub_guest() -> &'static Path {
     Path::new(env!("MICA_STUB_GUEST"))
 }
 
+/// The idle stub guest (tests/stub/idle.S): prints `MICA-IDLE-READY` and halts.
+pub fn idle_guest() -> &'static Path {
+    Path::new(env!("MICA_IDLE_GUEST"))
+}
+
+/// The counter stub guest (tests/stub/counter.S): prints `tick N` lines forever.
+pub fn counter_guest() -> &'static Path {
+    Path::new(env!("MICA_COUNTER_GUEST"))
+}
+
+/// The reset stub guest (tests/stub/reset.S): resets through the i8042.
+pub fn reset_guest() -> &'static Path {
+    Path::new(env!("MICA_RESET_GUEST"))
+}
+
 /// A binary of this workspace, built by cargo in the same profile as the test
 /// (`target/<profile>/<name>`).
 pub fn workspace_binary(name: &str) -> Result<PathBuf> {

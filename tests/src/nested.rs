@@ -116,6 +116,11 @@ impl Job<'_> {
         })
     }
 
+    /// Whether the job has ended.
+    pub fn is_done(&self) -> bool {
+        self.dir.join("rc").exists()
+    }
+
     /// What the job has written to stdout so far.
     pub fn stdout_so_far(&self) -> String {
         read_lossy(&self.dir.join("stdout"))
@@ -224,8 +229,11 @@ impl NestedHost {
         if !opts.host_ports.is_empty() || !opts.forwards.is_empty() {
             let mut netdev = String::from("user,id=n0,net=10.0.2.0/24,restrict=on");
             for port in &opts.host_ports {
+                // `cmd:` runs one socat per connection. (A `tcp:` target is a
+                // single chardev connection that every guest connection
+                // shares, so a second connection corrupts the first's stream.)
                 netdev.push_str(&format!(
-                    ",guestfwd=tcp:{HOST_FROM_L1}:{port}-tcp:127.0.0.1:{port}"
+                    ",guestfwd=tcp:{HOST_FROM_L1}:{port}-cmd:socat STDIO TCP:127.0.0.1:{port}"
                 ));
             }
             for (host, guest) in &opts.forwards {
