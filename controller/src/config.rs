@@ -138,6 +138,12 @@ section! {
         transport_url: String = "memory://".into(),
         /// Seconds an RPC `call` waits for its reply.
         rpc_timeout_secs: u64 = 60,
+        /// Prefix of every queue and exchange name; every process on one bus
+        /// (controllers and agents) must use the same.
+        namespace: String = "mica".into(),
+        /// AMQP: delete queues unused for this many seconds (0: keep them).
+        /// For tests and short-lived deployments.
+        queue_expiry_secs: u64 = 0,
     }
 }
 

@@ -24,8 +24,11 @@ use crate::scheduler::rpc::{self as sched_rpc, SchedulerClient};
 
 /// Connects to the bus of `[messaging] transport_url`.
 pub async fn connect(app: &App, name: &str) -> Result<Rpc> {
+    let m = &app.config.messaging;
     let options = RpcOptions {
         connection_name: Some(name.to_owned()),
+        namespace: m.namespace.clone(),
+        queue_expiry: (m.queue_expiry_secs > 0).then(|| Duration::from_secs(m.queue_expiry_secs)),
         ..RpcOptions::default()
     };
     Rpc::connect_with(&app.config.messaging.transport_url, options)

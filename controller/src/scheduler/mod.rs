@@ -141,7 +141,7 @@ impl Scheduler {
         if let Some(existing) = self.existing(spec, instance).await? {
             return Ok(Ok(existing));
         }
-        let mut exclude: BTreeSet<String> = spec.ignore_hosts.clone();
+        let exclude: BTreeSet<String> = spec.ignore_hosts.clone();
         let mut reloaded = false;
         for _ in 0..MAX_CLAIM_TRIES {
             self.cache.refresh().await?;
@@ -176,9 +176,10 @@ impl Scheduler {
                     }));
                 }
                 ClaimOutcome::GroupPolicy => {
-                    // Another member got there first (another scheduler).
+                    // Another member got there first (another scheduler):
+                    // decide again knowing where the members are now.
                     self.undo_virtual(spec, &selection);
-                    exclude.insert(selection.host.clone());
+                    self.refresh_group(spec, instance).await?;
                 }
                 ClaimOutcome::Stale | ClaimOutcome::NoCapacity => {
                     self.undo_virtual(spec, &selection);
@@ -192,6 +193,26 @@ impl Scheduler {
             crate::error::Kind::ServiceUnavailable,
             format!("could not claim a host for {instance} after {MAX_CLAIM_TRIES} lost races"),
         ))
+    }
+
+    /// Re-reads where the other members of the request's server group hold
+    /// allocations.
+    async fn refresh_group(&self, spec: &mut RequestSpec, instance: &str) -> Result<()> {
+        let Some(g) = spec.group.as_mut() else {
+            return Ok(());
+        };
+        let others: Vec<String> = g
+            .members
+            .iter()
+            .filter(|m| *m != instance)
+            .cloned()
+            .collect();
+        let mut hosts: BTreeMap<String, u32> = BTreeMap::new();
+        for (_, host) in store::member_placements(self.app.db.pool(), &others).await? {
+            *hosts.entry(host).or_default() += 1;
+        }
+        g.hosts = hosts;
+        Ok(())
     }
 
     /// Takes back the virtual consumption of a selection whose claim failed.
