@@ -316,6 +316,9 @@ section! {
         /// Milliseconds between two looks for agent reports received by
         /// another conductor replica.
         signal_poll_ms: u64 = 200,
+        /// Sagas a conductor runs at once (those only waiting for an agent do
+        /// not count); more queue. Keep it near `[database] max_connections`.
+        saga_concurrency: u32 = 16,
         /// Seconds a build waits for its agent's report before trying another
         /// host (0: wait for as long as the host is up).
         build_timeout_secs: u64 = 600,

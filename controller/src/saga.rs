@@ -247,6 +247,7 @@ pub struct StepCx<C, P> {
     pub started_at: Timestamp,
     outputs: Arc<BTreeMap<&'static str, Value>>,
     engine: Engine<C>,
+    slot: Arc<Slot>,
 }
 
 impl<C, P> Clone for StepCx<C, P> {
@@ -259,7 +260,91 @@ impl<C, P> Clone for StepCx<C, P> {
             started_at: self.started_at,
             outputs: self.outputs.clone(),
             engine: self.engine.clone(),
+            slot: self.slot.clone(),
         }
+    }
+}
+
+/// A saga's permit to run (the engine runs at most
+/// [`EngineOptions::concurrency`] sagas at once); given back while the saga
+/// only waits.
+struct Slot {
+    sem: Arc<tokio::sync::Semaphore>,
+    permit: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+}
+
+impl Slot {
+    async fn acquire(sem: Arc<tokio::sync::Semaphore>) -> Arc<Slot> {
+        let permit = sem.clone().acquire_owned().await.ok();
+        Arc::new(Slot {
+            sem,
+            permit: Mutex::new(permit),
+        })
+    }
+
+    fn release(&self) {
+        lock(&self.permit).take();
+    }
+
+    async fn reacquire(&self) {
+        if lock(&self.permit).is_some() {
+            return;
+        }
+        let p = self.sem.clone().acquire_owned().await.ok();
+        *lock(&self.permit) = p;
+    }
+}
+
+/// A registered wait for one signal, across several timed waits (see
+/// [`StepCx::waiter`]).
+pub struct SignalWait<'a, C, P> {
+    cx: &'a StepCx<C, P>,
+    key: String,
+    rx: Option<oneshot::Receiver<Value>>,
+    checked: bool,
+}
+
+impl<C: Send + Sync + 'static, P> SignalWait<'_, C, P> {
+    /// Waits until the signal arrives (`Some`) or `until` (`None`). The
+    /// saga gives its permit back meanwhile.
+    pub async fn wait(&mut self, until: tokio::time::Instant) -> Result<Option<Value>, StepError> {
+        let engine = &self.cx.engine;
+        if self.rx.is_none() {
+            let (tx, rx) = oneshot::channel();
+            lock(&engine.inner.waiters)
+                .entry(self.key.clone())
+                .or_default()
+                .push(tx);
+            self.rx = Some(rx);
+        }
+        if !self.checked {
+            // It may have come before we listened.
+            self.checked = true;
+            if let Some(p) = store::get_signal(engine.inner.db.pool(), &self.key)
+                .await
+                .map_err(StepError::from)?
+            {
+                return Ok(Some(parse_signal(&self.key, &p)));
+            }
+        }
+        self.cx.slot.release();
+        let rx = self.rx.as_mut().expect("registered above");
+        let got = tokio::select! {
+            v = rx => {
+                self.rx = None;
+                match v {
+                    Ok(v) => Some(v),
+                    Err(_) => {
+                        // Dropped unsent: listen (and look) again next time.
+                        self.checked = false;
+                        None
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(until) => None,
+        };
+        self.cx.slot.reacquire().await;
+        Ok(got)
     }
 }
 
@@ -299,10 +384,25 @@ impl<C: Send + Sync + 'static, P> StepCx<C, P> {
         key: &str,
         until: tokio::time::Instant,
     ) -> Result<Option<Value>, StepError> {
-        self.engine
-            .wait_signal(key, until)
-            .await
-            .map_err(StepError::from)
+        self.waiter(key).wait(until).await
+    }
+
+    /// Starts listening for signal `key`, for waits in a loop (the database
+    /// is looked at once; later arrivals are delivered).
+    pub fn waiter(&self, key: &str) -> SignalWait<'_, C, P> {
+        SignalWait {
+            cx: self,
+            key: key.to_owned(),
+            rx: None,
+            checked: false,
+        }
+    }
+
+    /// Sleeps for `d` without holding the saga's permit.
+    pub async fn idle(&self, d: Duration) {
+        self.slot.release();
+        tokio::time::sleep(d).await;
+        self.slot.reacquire().await;
     }
 }
 
@@ -365,6 +465,8 @@ pub struct EngineOptions {
     pub adopt_interval: Duration,
     /// Between two looks for signals other processes stored.
     pub signal_poll: Duration,
+    /// Sagas running at once (waiting ones not counted); the others queue.
+    pub concurrency: usize,
     /// Test hooks.
     pub hooks: Arc<TestHooks>,
 }
@@ -377,6 +479,7 @@ impl EngineOptions {
             lease,
             adopt_interval: (lease / 2).max(Duration::from_millis(100)),
             signal_poll: Duration::from_millis(200),
+            concurrency: 32,
             hooks: Arc::default(),
         }
     }
@@ -424,6 +527,7 @@ impl<C: Send + Sync + 'static> EngineBuilder<C> {
     /// The engine, not started (see [`Engine::start`]).
     pub fn build(self) -> Engine<C> {
         let (stop, _) = watch::channel(false);
+        let permits = Arc::new(tokio::sync::Semaphore::new(self.options.concurrency.max(1)));
         Engine {
             inner: Arc::new(Inner {
                 db: self.db,
@@ -434,6 +538,7 @@ impl<C: Send + Sync + 'static> EngineBuilder<C> {
                 running: Mutex::default(),
                 tasks: Mutex::default(),
                 stop,
+                permits,
             }),
         }
     }
@@ -461,6 +566,7 @@ struct Inner<C> {
     running: Mutex<HashMap<String, AbortHandle>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     stop: watch::Sender<bool>,
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 /// Whether the engine still owns a saga after a write.
@@ -697,26 +803,6 @@ impl<C: Send + Sync + 'static> Engine<C> {
         }
     }
 
-    /// Waits for signal `key` until `until`.
-    pub async fn wait_signal(
-        &self,
-        key: &str,
-        until: tokio::time::Instant,
-    ) -> Result<Option<Value>> {
-        let (tx, rx) = oneshot::channel();
-        lock(&self.inner.waiters)
-            .entry(key.to_owned())
-            .or_default()
-            .push(tx);
-        if let Some(p) = store::get_signal(self.inner.db.pool(), key).await? {
-            return Ok(Some(parse_signal(key, &p)));
-        }
-        tokio::select! {
-            v = rx => Ok(v.ok()),
-            _ = tokio::time::sleep_until(until) => Ok(None),
-        }
-    }
-
     async fn signal_loop(&self) {
         let every = self.inner.options.signal_poll;
         loop {
@@ -895,6 +981,7 @@ async fn run_saga<C: Send + Sync + 'static, K: SagaKind<C>>(engine: Engine<C>, r
             return;
         }
     };
+    let slot = Slot::acquire(engine.inner.permits.clone()).await;
     let Some(mut progress) = load_progress(&engine, &row.id, &steps).await else {
         return;
     };
@@ -909,6 +996,7 @@ async fn run_saga<C: Send + Sync + 'static, K: SagaKind<C>>(engine: Engine<C>, r
         started_at,
         outputs: Arc::new(outputs.clone()),
         engine: engine.clone(),
+        slot: slot.clone(),
     };
     let hooks = engine.inner.options.hooks.clone();
 

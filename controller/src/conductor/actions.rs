@@ -253,12 +253,13 @@ async fn p_wait(cx: PCx) -> Result<Value, StepError> {
     let cfg = cx.ctx.cfg();
     let timeout = cfg.action_timeout_secs + cfg.shutdown_timeout_secs;
     let deadline = deadline(cx.started_at, timeout);
+    let mut waiter = cx.waiter(&key);
     loop {
         let until = match deadline {
             Some(d) => d.min(tokio::time::Instant::now() + CHECK_EVERY),
             None => tokio::time::Instant::now() + CHECK_EVERY,
         };
-        if let Some(v) = cx.wait_signal(&key, until).await? {
+        if let Some(v) = waiter.wait(until).await? {
             let report: ActionFinished = serde_json::from_value(v).map_err(|e| {
                 StepError::Fail(Failure::new(
                     "An internal error occurred.",
@@ -452,7 +453,7 @@ async fn d_builds(cx: DCx) -> Result<Value, StepError> {
             tracing::warn!(instance = %uuid, "a build saga is still running after 5 minutes; deleting anyway");
             return output(&());
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        cx.idle(Duration::from_millis(200)).await;
     }
 }
 
@@ -534,12 +535,13 @@ async fn d_wait(cx: DCx) -> Result<Value, StepError> {
     let cfg = cx.ctx.cfg();
     let timeout = cfg.action_timeout_secs + cfg.shutdown_timeout_secs;
     let deadline = deadline(cx.started_at, timeout);
+    let mut waiter = cx.waiter(&key);
     loop {
         let until = match deadline {
             Some(d) => d.min(tokio::time::Instant::now() + CHECK_EVERY),
             None => tokio::time::Instant::now() + CHECK_EVERY,
         };
-        if let Some(v) = cx.wait_signal(&key, until).await? {
+        if let Some(v) = waiter.wait(until).await? {
             let report: Terminated = serde_json::from_value(v).map_err(|e| {
                 StepError::Fail(Failure::new(
                     "An internal error occurred.",

@@ -343,25 +343,11 @@ async fn uncast(cx: Cx) -> Result<(), StepError> {
 
 /// Whether `host`'s compute service is up now.
 pub async fn host_is_up(c: &Conductor, host: &str) -> Result<bool> {
-    let services = hosts::list_services(
-        c.app.db.pool(),
-        Some(host),
-        Some(super::agents::COMPUTE_BINARY),
-    )
-    .await?;
-    let now = Timestamp::now();
-    Ok(services.iter().any(|s| {
-        crate::scheduler::host_state::ServiceInfo {
-            disabled: s.disabled,
-            forced_down: s.forced_down,
-            last_seen: Some(s.updated_at.unwrap_or(s.created_at)),
-        }
-        .is_up(now, c.app.config.scheduler.service_down_time_secs)
-    }))
+    c.host_is_up(host).await
 }
 
 /// How often a waiting step looks at the host and the instance.
-const CHECK_EVERY: Duration = Duration::from_secs(2);
+const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 async fn wait(cx: Cx) -> Result<Value, StepError> {
     let p = &cx.params;
@@ -370,12 +356,14 @@ async fn wait(cx: Cx) -> Result<Value, StepError> {
     let key = signal_key(&p.instance_uuid, &ids.vmm_id);
     let timeout = cx.ctx.cfg().build_timeout_secs;
     let deadline = deadline(cx.started_at, timeout);
+    let mut waiter = cx.waiter(&key);
+    let mut checks = 0u32;
     loop {
         let until = match deadline {
             Some(d) => d.min(tokio::time::Instant::now() + CHECK_EVERY),
             None => tokio::time::Instant::now() + CHECK_EVERY,
         };
-        if let Some(v) = cx.wait_signal(&key, until).await? {
+        if let Some(v) = waiter.wait(until).await? {
             let report: BuildFinished = serde_json::from_value(v).map_err(|e| {
                 StepError::Fail(Failure::new(
                     "An internal error occurred.",
@@ -415,12 +403,19 @@ async fn wait(cx: Cx) -> Result<Value, StepError> {
             .with_data(json!({"host": host}))
             .into());
         }
-        let inst = live(&cx).await?;
-        if inst.task_state.as_deref() != Some(task::SPAWNING) {
-            return Err(gone(&p.instance_uuid));
+        checks += 1;
+        if checks.is_multiple_of(INSTANCE_CHECK_EVERY) {
+            let inst = live(&cx).await?;
+            if inst.task_state.as_deref() != Some(task::SPAWNING) {
+                return Err(gone(&p.instance_uuid));
+            }
         }
     }
 }
+
+/// Every how many host checks a waiting build looks at its instance (a
+/// delete during a build is noticed within this many × `CHECK_EVERY`).
+const INSTANCE_CHECK_EVERY: u32 = 3;
 
 /// The instant `timeout_secs` after `started` (none for 0).
 pub fn deadline(started: Timestamp, timeout_secs: u64) -> Option<tokio::time::Instant> {

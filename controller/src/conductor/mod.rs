@@ -31,6 +31,7 @@ pub mod build;
 pub mod periodic;
 pub mod spec;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,7 @@ use tokio::task::JoinHandle;
 use crate::app::App;
 use crate::error::{Error, Kind, Result};
 use crate::saga::{Engine, EngineBuilder, EngineOptions, TestHooks, is_transient};
+use crate::scheduler::host_state::ServiceInfo;
 use crate::scheduler::rpc::SchedulerClient;
 
 /// What every saga and handler of the conductor shares.
@@ -56,9 +58,48 @@ pub struct Conductor {
     /// The scheduler.
     pub scheduler: SchedulerClient,
     image_url: Mutex<Option<(Instant, String)>>,
+    services: tokio::sync::Mutex<(Option<Instant>, HashMap<String, ServiceInfo>)>,
 }
 
 impl Conductor {
+    /// Whether `host`'s compute service is up (heard from within
+    /// `[scheduler] service_down_time_secs`, not forced down). The service
+    /// rows are read at most once a second for every waiting saga.
+    pub async fn host_is_up(&self, host: &str) -> Result<bool> {
+        let mut cache = self.services.lock().await;
+        if cache
+            .0
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            let rows = crate::db::hosts::list_services(
+                self.app.db.pool(),
+                None,
+                Some(agents::COMPUTE_BINARY),
+            )
+            .await?;
+            cache.1 = rows
+                .into_iter()
+                .map(|s| {
+                    (
+                        s.host.clone(),
+                        ServiceInfo {
+                            disabled: s.disabled,
+                            forced_down: s.forced_down,
+                            last_seen: Some(s.updated_at.unwrap_or(s.created_at)),
+                        },
+                    )
+                })
+                .collect();
+            cache.0 = Some(Instant::now());
+        }
+        Ok(cache.1.get(host).is_some_and(|s| {
+            s.is_up(
+                crate::db::Timestamp::now(),
+                self.app.config.scheduler.service_down_time_secs,
+            )
+        }))
+    }
+
     /// The image API URL agents download from (cached for a minute).
     pub async fn image_url(&self) -> Result<String> {
         if let Some((at, url)) = self
@@ -97,6 +138,7 @@ impl ConductorOptions {
         let c = &app.config.conductor;
         let mut engine = EngineOptions::new(Duration::from_secs(c.saga_lease_secs.max(1)));
         engine.signal_poll = Duration::from_millis(c.signal_poll_ms.max(10));
+        engine.concurrency = c.saga_concurrency.max(1) as usize;
         ConductorOptions {
             engine,
             periodic: true,
@@ -132,6 +174,7 @@ impl Running {
             rpc: rpc.clone(),
             scheduler,
             image_url: Mutex::new(None),
+            services: tokio::sync::Mutex::new((None, HashMap::new())),
         });
         let engine = EngineBuilder::new(app.db.clone(), ctx, options.engine)
             .register::<build::Build>()

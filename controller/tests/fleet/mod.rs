@@ -193,6 +193,18 @@ impl Fleet {
         hosts: &[Hosts],
         tweak: impl FnOnce(&mut Config),
     ) -> Fleet {
+        Fleet::start_with(backend, bus, hosts, tweak, true).await
+    }
+
+    /// Same, with the roles in this process only if `in_process` (else run
+    /// them as [`ControllerProcess`]es).
+    pub async fn start_with(
+        backend: Backend,
+        bus: Bus,
+        hosts: &[Hosts],
+        tweak: impl FnOnce(&mut Config),
+        in_process: bool,
+    ) -> Fleet {
         let bus = TestBus::new(bus);
         let b = bus.clone();
         let cloud = TestCloud::start(backend, move |c| {
@@ -205,9 +217,15 @@ impl Fleet {
         let hooks = Arc::new(TestHooks::default());
         let mut options = ConductorOptions::from_config(&cloud.app).with_hooks(hooks.clone());
         options.periodic = false;
-        let workers = Workers::start(cloud.app.clone(), rpc.clone(), true, true, options)
-            .await
-            .expect("scheduler and conductor");
+        let workers = if in_process {
+            Some(
+                Workers::start(cloud.app.clone(), rpc.clone(), true, true, options)
+                    .await
+                    .expect("scheduler and conductor"),
+            )
+        } else {
+            None
+        };
         let mut fleet = Fleet {
             api: bus.connect("api").await,
             image_id: String::new(),
@@ -216,7 +234,7 @@ impl Fleet {
             cloud,
             bus,
             rpc,
-            workers: Some(workers),
+            workers,
             agents: Vec::new(),
             hooks,
         };
@@ -240,8 +258,20 @@ impl Fleet {
         )
         .await
         .expect("simulated agents");
-        let names: Vec<String> = (0..h.count).map(|n| format!("{}-{n}", h.prefix)).collect();
         self.agents.extend(agents);
+        if self.workers.is_some() {
+            self.wait_for_all_hosts().await;
+        }
+    }
+
+    /// Waits until placement has every agent of the fleet (once a
+    /// conductor runs).
+    pub async fn wait_for_all_hosts(&self) {
+        let names: Vec<String> = self
+            .agents
+            .iter()
+            .map(|a| a.agent.host().to_owned())
+            .collect();
         self.wait_for_hosts(&names).await;
     }
 
@@ -592,5 +622,114 @@ impl Fleet {
             a.agent.shutdown().await;
         }
         self.cloud.stop().await;
+    }
+}
+
+/// A `mica-controller` process running roles on the fleet's database and
+/// bus (killed when dropped).
+pub struct ControllerProcess {
+    child: Option<std::process::Child>,
+    /// Its log.
+    pub log: std::path::PathBuf,
+}
+
+impl ControllerProcess {
+    /// Runs `mica-controller <roles>` with the fleet's configuration
+    /// (changed by `tweak`), logging to `<dir>/<name>.log`.
+    pub fn spawn(
+        f: &Fleet,
+        dir: &std::path::Path,
+        name: &str,
+        roles: &[&str],
+        tweak: impl FnOnce(&mut Config),
+    ) -> ControllerProcess {
+        let mut config: Config = (*f.cloud.config).clone();
+        for l in [
+            &mut config.api.identity_listen,
+            &mut config.api.compute_listen,
+            &mut config.api.image_listen,
+            &mut config.api.placement_listen,
+            &mut config.api.network_listen,
+            &mut config.api.metadata_listen,
+            &mut config.api.console_proxy_listen,
+        ] {
+            l.clear();
+        }
+        config.log.level = "info,sqlx=warn,mica_rpc=warn".into();
+        tweak(&mut config);
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, toml::to_string(&config).expect("config as TOML")).unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_mica-controller"))
+            .arg("--config")
+            .arg(&path)
+            .args(roles)
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("mica-controller");
+        ControllerProcess {
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: sending a signal to our own child process by its pid.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGKILL);
+            }
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for it to exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: sending a signal to our own child process by its pid.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let _ = c.wait();
+        }
+    }
+
+    /// The end of its log (for failure messages).
+    pub fn tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Where controller processes log: `MICA_TEST_LOG_DIR` if set (kept after
+/// the test), else `tmp`.
+pub fn log_dir(tmp: &std::path::Path) -> std::path::PathBuf {
+    match std::env::var("MICA_TEST_LOG_DIR") {
+        Ok(d) => {
+            let p = std::path::PathBuf::from(d);
+            std::fs::create_dir_all(&p).unwrap();
+            p
+        }
+        Err(_) => tmp.to_path_buf(),
     }
 }
