@@ -91,6 +91,12 @@ impl Hosts {
         self
     }
 
+    /// Builds take `ms` more or less `jitter_ms`.
+    pub fn build_jitter(mut self, jitter_ms: u64) -> Hosts {
+        self.sim.build_jitter_ms = jitter_ms;
+        self
+    }
+
     /// Actions take `ms`.
     pub fn action_delay(mut self, ms: u64) -> Hosts {
         self.sim.action_delay_ms = ms;
