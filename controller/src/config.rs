@@ -138,6 +138,12 @@ section! {
         transport_url: String = "memory://".into(),
         /// Seconds an RPC `call` waits for its reply.
         rpc_timeout_secs: u64 = 60,
+        /// Prefix of every queue and exchange name; every process on one bus
+        /// (controllers and agents) must use the same.
+        namespace: String = "mica".into(),
+        /// AMQP: delete queues unused for this many seconds (0: keep them).
+        /// For tests and short-lived deployments.
+        queue_expiry_secs: u64 = 0,
     }
 }
 
@@ -243,8 +249,25 @@ section! {
     Scheduler, "scheduler" {
         /// Hosts tried for one build before the instance goes to ERROR.
         max_attempts: u32 = 3,
-        /// Most allocation candidates asked of placement per request.
+        /// Most allocation candidates asked of placement per request (when
+        /// `host_state_cache` is off).
         max_placement_results: u32 = 1000,
+        /// Keep host states in memory: each decision reads only the providers
+        /// that changed since the last one (claims are still checked against
+        /// the database, so a stale view costs a retry, never an overcommit).
+        /// Off: every decision asks placement for its candidates.
+        host_state_cache: bool = true,
+        /// Milliseconds between two reads of what changes slowly about hosts
+        /// (services and heartbeats, aggregates, hypervisors, instance counts).
+        host_info_refresh_ms: u64 = 1000,
+        /// Seconds between two full reloads of the host-state cache.
+        full_refresh_secs: u64 = 30,
+        /// Seconds without a heartbeat after which a compute service is down
+        /// (Nova's `service_down_time`).
+        service_down_time_secs: i64 = 60,
+        /// The availability zone of hosts in no aggregate that names one
+        /// (Nova's `default_availability_zone`).
+        default_availability_zone: String = "nova".into(),
     }
 }
 
@@ -272,6 +295,48 @@ section! {
         num_instances_weight_multiplier: f64 = 0.0,
         /// Build-failure weigher multiplier (hosts with recent failures sink).
         build_failure_weight_multiplier: f64 = 1000000.0,
+        /// Weighers run (Nova's `weight_classes`): RAMWeigher, CPUWeigher,
+        /// DiskWeigher, NumInstancesWeigher, BuildFailureWeigher.
+        weighers: Vec<String> = vec![
+            "RAMWeigher".into(),
+            "CPUWeigher".into(),
+            "DiskWeigher".into(),
+            "NumInstancesWeigher".into(),
+            "BuildFailureWeigher".into(),
+        ],
+    }
+}
+
+section! {
+    /// The conductor role: sagas and what it does for agents.
+    Conductor, "conductor" {
+        /// Seconds a conductor's claim on a saga lasts without renewal; a
+        /// crashed conductor's sagas are adopted once it has run out.
+        saga_lease_secs: u64 = 20,
+        /// Milliseconds between two looks for agent reports received by
+        /// another conductor replica.
+        signal_poll_ms: u64 = 200,
+        /// Sagas a conductor runs at once (those only waiting for an agent do
+        /// not count); more queue. Keep it near `[database] max_connections`.
+        saga_concurrency: u32 = 16,
+        /// Seconds a build waits for its agent's report before trying another
+        /// host (0: wait for as long as the host is up).
+        build_timeout_secs: u64 = 600,
+        /// Seconds an instance action (stop, reboot, delete, …) waits for its
+        /// agent's report before giving up and clearing the task state.
+        action_timeout_secs: u64 = 300,
+        /// Seconds a guest gets to shut down before a hard stop.
+        shutdown_timeout_secs: u64 = 60,
+        /// Seconds after which a task state with no saga behind it is reset.
+        stale_task_state_secs: u64 = 600,
+        /// Seconds between two runs of the conductor's periodic tasks.
+        periodic_interval_secs: u64 = 60,
+        /// Seconds between heartbeats asked of agents at registration.
+        report_interval_secs: u64 = 10,
+        /// Seconds finished sagas and their logs are kept.
+        saga_retention_secs: u64 = 86400,
+        /// Lifetime of the image download token given to an agent with a build.
+        image_token_secs: i64 = 3600,
     }
 }
 
@@ -392,6 +457,8 @@ pub struct Config {
     pub scheduler: Scheduler,
     /// `[filter_scheduler]`
     pub filter_scheduler: FilterScheduler,
+    /// `[conductor]`
+    pub conductor: Conductor,
     /// `[quota]`
     pub quota: Quota,
     /// `[compute]`
@@ -438,6 +505,7 @@ impl Config {
             Placement::describe(),
             Scheduler::describe(),
             FilterScheduler::describe(),
+            Conductor::describe(),
             Quota::describe(),
             Compute::describe(),
             Network::describe(),

@@ -13,11 +13,15 @@
 
 pub mod api;
 pub mod app;
+pub mod conductor;
 pub mod config;
 pub mod context;
 pub mod db;
 pub mod error;
 pub mod policy;
+pub mod roles;
+pub mod saga;
+pub mod scheduler;
 pub mod server;
 pub mod testing;
 

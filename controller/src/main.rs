@@ -18,8 +18,8 @@ use mica_controller::server;
     version,
     after_help = "ROLES (run one or more: `mica-controller api`, `mica-controller all`):\n  \
         api            the HTTP APIs (identity, compute, image, placement, network)\n  \
-        scheduler      not implemented yet\n  \
-        conductor      not implemented yet\n  \
+        scheduler      placement candidates, filters and weighers (the `scheduler` topic)\n  \
+        conductor      builds and instance actions as persisted sagas (the `conductor` topic)\n  \
         console-proxy  not implemented yet\n  \
         all            every implemented role, migrations applied at start"
 )]

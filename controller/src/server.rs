@@ -5,8 +5,8 @@
 //! | role | what | state |
 //! |---|---|---|
 //! | `api` | the HTTP APIs, one listener each | identity, compute, image, placement, network; metadata comes with its issue |
-//! | `scheduler` | placement candidates → filters → weighers | not implemented yet |
-//! | `conductor` | multi-step operations as sagas | not implemented yet |
+//! | `scheduler` | placement candidates → filters → weighers, on the `scheduler` topic | implemented ([`crate::roles`]) |
+//! | `conductor` | multi-step operations as sagas, on the `conductor` topic | implemented ([`crate::roles`]) |
 //! | `console-proxy` | noVNC and serial WebSocket proxy | not implemented yet |
 //! | `all` | every role, migrations applied at start | runs what exists, says what doesn't |
 //!
@@ -77,10 +77,7 @@ impl Role {
     /// Why the role can't run yet, if it can't.
     pub fn not_implemented(self) -> Option<&'static str> {
         match self {
-            Role::Api => None,
-            Role::Scheduler | Role::Conductor => {
-                Some("comes with the messaging, scheduler and conductor work (issue 6)")
-            }
+            Role::Api | Role::Scheduler | Role::Conductor => None,
             Role::ConsoleProxy => Some("comes with the consoles work"),
         }
     }
@@ -286,14 +283,30 @@ pub async fn run(config: Config, names: &[String]) -> Result<()> {
             "requeued images whose upload was interrupted by a restart"
         );
     }
-    let listeners = bind(&config).await?;
-    let server = Server::start(app, listeners)?;
+    let listeners = if runnable.contains(&Role::Api) {
+        bind(&config).await?
+    } else {
+        Vec::new()
+    };
+    let server = Server::start(app.clone(), listeners)?;
+    let scheduler = runnable.contains(&Role::Scheduler);
+    let conductor = runnable.contains(&Role::Conductor);
+    let workers = if scheduler || conductor {
+        let rpc = crate::roles::connect(&app, "mica-controller").await?;
+        let options = crate::conductor::ConductorOptions::from_config(&app);
+        Some(crate::roles::Workers::start(app.clone(), rpc, scheduler, conductor, options).await?)
+    } else {
+        None
+    };
     tracing::info!(
         roles = ?runnable.iter().map(|r| r.name()).collect::<Vec<_>>(),
         "mica-controller running"
     );
     shutdown_signal().await;
     tracing::info!("shutting down");
+    if let Some(w) = workers {
+        w.shutdown().await;
+    }
     server
         .shutdown(Duration::from_secs(config.api.shutdown_grace_secs))
         .await;

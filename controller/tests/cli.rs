@@ -182,14 +182,14 @@ async fn cli_session(backend: Backend) {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("db sync"));
     // Roles that don't exist yet say so.
-    let sched = Command::new(controller)
+    let proxy = Command::new(controller)
         .arg("--config")
         .arg(&cfg_path)
-        .arg("scheduler")
+        .arg("console-proxy")
         .output()
         .unwrap();
-    assert_eq!(sched.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&sched.stderr).contains("not implemented yet"));
+    assert_eq!(proxy.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&proxy.stderr).contains("not implemented yet"));
     run(&["db", "sync"]);
     let boot = run(&["bootstrap"]);
     assert!(boot.contains("catalog: identity"), "{boot}");

@@ -389,6 +389,34 @@ pub async fn issue_token(app: &App, creds: Credentials, scope: Scope) -> Result<
     })
 }
 
+/// Issues a token for `user_id` scoped to `project_id` that lives
+/// `ttl_secs`, without credentials: for the system acting on a user's
+/// behalf (the conductor gives one to an agent so that it can download the
+/// image of a build, as Nova's compute uses the user's token with Glance).
+/// It validates like any token, so it only works while the user still has
+/// a role on the project.
+pub async fn issue_delegated_token(
+    app: &App,
+    user_id: &str,
+    project_id: &str,
+    ttl_secs: i64,
+) -> Result<String> {
+    let now = Timestamp::now();
+    let token = new_token_value()?;
+    let record = store::Token {
+        id_hash: token_hash(&token),
+        user_id: user_id.to_owned(),
+        project_id: Some(project_id.to_owned()),
+        methods: "token".to_owned(),
+        audit_id: new_audit_id()?,
+        issued_at: now,
+        expires_at: now.plus_secs(ttl_secs.max(1)),
+        revoked: false,
+    };
+    store::insert_token(app.db.pool(), &record).await?;
+    Ok(token)
+}
+
 /// Validates a token: 401 unless it exists, is neither expired nor revoked,
 /// and its user (and project) are enabled; a project-scoped token whose user
 /// lost every role on the project is invalid too.

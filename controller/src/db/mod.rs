@@ -47,6 +47,8 @@ pub mod instances;
 pub mod network;
 pub mod placement;
 pub mod quotas;
+pub mod sagas;
+pub mod scheduler;
 pub mod server_groups;
 
 use std::borrow::Cow;
