@@ -20,10 +20,10 @@ setup:
 build:
 	cargo build --workspace --all-targets
 
-## run: the main job (see README.md for what it shows today)
+## run: the main job: `mica up` (the all-in-one cloud) and a first server
 run: setup
-	cargo build --release -p mica-tests --bins
-	target/release/mica-nested run -- target/release/mica-kvm-probe
+	cargo build --release -p mica -p mica-agent -p mica-vmm
+	controller/up/quickstart.sh
 
 ## lint: formatting and clippy, as CI checks them
 lint:

@@ -562,3 +562,38 @@ fn host_tsc_khz() -> Result<u64> {
         .parse()?;
     Ok((mhz * 1000.0) as u64)
 }
+
+/// Runs a bash script in an L1 that another process booted (e.g. the
+/// compute host of `mica up`, whose job folder it names in its state), through
+/// the same job folder protocol. Fails if `timeout` passes first.
+pub fn run_in_job_folder(job_folder: &Path, script: &str, timeout: Duration) -> Result<JobOutput> {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let id = format!(
+        "x{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    );
+    let dir = job_folder.join("jobs").join(id);
+    fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    fs::write(dir.join("cmd"), script)?;
+    fs::write(dir.join("start.tmp"), "")?;
+    fs::rename(dir.join("start.tmp"), dir.join("start"))?;
+    let rc = dir.join("rc");
+    let deadline = Instant::now() + timeout;
+    while !rc.exists() {
+        if Instant::now() > deadline {
+            bail!(
+                "job {} did not finish within {timeout:?}\n--- stdout so far ---\n{}\n--- stderr so far ---\n{}",
+                dir.display(),
+                read_lossy(&dir.join("stdout")),
+                read_lossy(&dir.join("stderr"))
+            );
+        }
+        std::thread::sleep(POLL);
+    }
+    Ok(JobOutput {
+        stdout: read_lossy(&dir.join("stdout")),
+        stderr: read_lossy(&dir.join("stderr")),
+        code: read_lossy(&rc).trim().parse().unwrap_or(-1),
+    })
+}

@@ -162,7 +162,15 @@ impl App {
         if self.rpc.get().is_some() {
             return Ok(());
         }
-        let rpc = mica_rpc::Rpc::connect(&self.config.messaging.transport_url)
+        let m = &self.config.messaging;
+        let options = mica_rpc::RpcOptions {
+            connection_name: Some("mica-controller api".to_owned()),
+            namespace: m.namespace.clone(),
+            queue_expiry: (m.queue_expiry_secs > 0)
+                .then(|| std::time::Duration::from_secs(m.queue_expiry_secs)),
+            ..mica_rpc::RpcOptions::default()
+        };
+        let rpc = mica_rpc::Rpc::connect_with(&m.transport_url, options)
             .await
             .map_err(|e| {
                 Error::new(

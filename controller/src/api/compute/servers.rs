@@ -510,11 +510,33 @@ pub async fn action(
             let s = arg.get("state").and_then(Value::as_str).unwrap_or_default();
             actions::reset_state(st, &ctx, &rid, &id, s).await?
         }
-        "os-getConsoleOutput"
-        | "os-getVNCConsole"
-        | "os-getSerialConsole"
-        | "os-getSPICEConsole"
-        | "os-getRDPConsole" => {
+        "os-getConsoleOutput" => {
+            // Nova: an integer (or a string of one); -1 or none: all lines.
+            let length = match arg.get("length") {
+                None | Some(Value::Null) => None,
+                Some(v) => {
+                    let n = match v {
+                        Value::Number(n) => n.as_i64(),
+                        Value::String(s) => s.trim().parse::<i64>().ok(),
+                        _ => None,
+                    }
+                    .ok_or_else(|| {
+                        Error::bad_request(format!(
+                            "Invalid input for field/attribute length. Value: {v}. {v} is not an integer"
+                        ))
+                    })?;
+                    if n < -1 {
+                        return Err(Error::bad_request(format!(
+                            "Invalid input for field/attribute length. Value: {n}. {n} is less than the minimum of -1"
+                        )));
+                    }
+                    (n >= 0).then(|| u32::try_from(n).unwrap_or(u32::MAX))
+                }
+            };
+            let output = app::console_output(st, &ctx, &id, length).await?;
+            return Ok(axum::Json(json!({"output": output})).into_response());
+        }
+        "os-getVNCConsole" | "os-getSerialConsole" | "os-getSPICEConsole" | "os-getRDPConsole" => {
             app::get_visible(st, &ctx, &id).await?;
             return Err(Error::not_implemented(
                 "Consoles come with the console work of Mica; they are not served yet.",

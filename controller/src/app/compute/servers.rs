@@ -2206,6 +2206,44 @@ pub async fn action(
     Ok((a, events))
 }
 
+/// The end of a server's serial console log (`os-getConsoleOutput`): the
+/// last `length` lines, all when `None`, read by the agent of its host.
+pub async fn console_output(
+    app: &App,
+    ctx: &Context,
+    id: &str,
+    length: Option<u32>,
+) -> Result<String> {
+    use mica_rpc::Topic;
+    use mica_rpc::compute::{ConsoleOutputRequest, GetConsoleOutput};
+    let inst = get_visible(app, ctx, id).await?;
+    let host = match inst.host.as_deref() {
+        Some(h) if inst.vm_state != vm::BUILDING => h.to_owned(),
+        _ => {
+            return Err(Error::conflict(format!("Instance {id} is not ready.")));
+        }
+    };
+    let req = ConsoleOutputRequest {
+        instance_uuid: inst.uuid.clone(),
+        length,
+    };
+    let timeout =
+        std::time::Duration::from_secs(app.config.messaging.rpc_timeout_secs.clamp(1, 30));
+    match app
+        .rpc()?
+        .call_method::<GetConsoleOutput>(Topic::compute(host.clone()), &req, timeout)
+        .await
+    {
+        Ok(out) => Ok(out.output),
+        Err(e) => {
+            tracing::warn!(instance = %id, host = %host, error = %e, "console output");
+            Err(Error::conflict(format!(
+                "Unable to get the console output of instance {id}: its compute host {host} did not answer ({e})."
+            )))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,325 @@
+//! `mica up` end to end with the pinned `openstack` CLI as the client: key
+//! pair and boot on the default network, console log, the guest answering
+//! pings from its host, every power action checked on the host, quota,
+//! project isolation, deletes that leave nothing behind, and a restart that
+//! keeps everything. On this machine (a software /dev/kvm) `mica up` runs
+//! its compute host in the nested test host, as a user here would.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cli, Up, ip_of};
+
+const SECS: fn(u64) -> Duration = Duration::from_secs;
+
+/// The VMM processes of an instance on the compute host (their pids).
+fn vmm_pids(up: &Up, uuid: &str) -> Vec<u32> {
+    let out = up.on_host(&format!(
+        "ps -eo pid,args | grep '[m]ica-vmm --config /var/lib/mica/instances/{uuid}/' | awk '{{print $1}}'"
+    ));
+    out.stdout
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect()
+}
+
+/// The CLI's answer to a 404 on a server.
+fn not_found(e: &str) -> bool {
+    e.contains("No Server found") || e.contains("No server with a name or ID")
+}
+
+/// Whether the guest at `ip` answers a ping from its compute host.
+fn pings(up: &Up, ip: &str) -> bool {
+    up.on_host(&format!("busybox ping -c 1 -W 2 {ip} >/dev/null"))
+        .code
+        == 0
+}
+
+fn wait_pings(up: &Up, ip: &str, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !pings(up, ip) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{ip} does not answer pings after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn banners(demo: &Cli, name: &str) -> usize {
+    demo.ok(&["console", "log", "show", name])
+        .matches("=== Mica tiny guest: hostname=")
+        .count()
+}
+
+fn wait_banners(demo: &Cli, name: &str, n: usize, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while banners(demo, name) < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}: fewer than {n} boots in its console log after {timeout:?}:\n{}",
+            demo.ok(&["console", "log", "show", name])
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn nested_all_in_one_end_to_end() {
+    if !common::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut up = Up::start(&state, &[]);
+    eprintln!("mica up ready in {:?}", up.started_in);
+    let admin = up.cli("mica");
+    let demo = up.cli("mica-demo");
+    let (host, _) = up.compute();
+
+    // What the first start made.
+    let flavors = admin.json(&["flavor", "list"]);
+    for f in ["m1.nano", "m1.tiny", "m1.small"] {
+        assert!(flavors.to_string().contains(f), "{flavors}");
+    }
+    assert_eq!(demo.json(&["image", "show", "tiny"])["status"], "active");
+    assert!(demo.ok(&["network", "list"]).contains("shared"));
+    assert!(
+        demo.ok(&["security", "group", "list"]).contains("default"),
+        "the demo project has its default security group"
+    );
+
+    // Pings allowed in (the default group lets in only its members).
+    demo.ok(&[
+        "security",
+        "group",
+        "rule",
+        "create",
+        "--ingress",
+        "--protocol",
+        "icmp",
+        "default",
+    ]);
+
+    // A key pair and a server on the default network.
+    let key_file = dir.path().join("k1.pem");
+    let pubkey = demo.json(&[
+        "keypair",
+        "create",
+        "--private-key",
+        key_file.to_str().unwrap(),
+        "k1",
+    ]);
+    assert!(common::read(&key_file).contains("PRIVATE KEY"));
+    assert_eq!(pubkey["name"], "k1");
+    let created = demo.json(&[
+        "server",
+        "create",
+        "--flavor",
+        "m1.nano",
+        "--image",
+        "tiny",
+        "--key-name",
+        "k1",
+        "--wait",
+        "vm1",
+    ]);
+    assert_eq!(created["status"], "ACTIVE", "{created}");
+    let uuid = created["id"].as_str().unwrap().to_owned();
+    let ip = ip_of(&created);
+    assert!(ip.starts_with("10.0.0."), "{created}");
+    let shown = admin.server(&uuid);
+    assert_eq!(shown["OS-EXT-SRV-ATTR:host"], host.as_str(), "{shown}");
+    assert_eq!(shown["key_name"], "k1");
+    wait_banners(&demo, "vm1", 1, SECS(60));
+    let log = demo.ok(&["console", "log", "show", "vm1"]);
+    assert!(log.contains("hostname=vm1"), "{log}");
+    assert!(log.contains(&format!("ip={ip}")), "{log}");
+    wait_pings(&up, &ip, SECS(60));
+    let first = vmm_pids(&up, &uuid);
+    assert_eq!(first.len(), 1, "one VMM for vm1: {first:?}");
+
+    // stop / start: the VMM goes and comes back.
+    demo.ok(&["server", "stop", "vm1"]);
+    demo.wait_status("vm1", "SHUTOFF", SECS(120));
+    assert_eq!(
+        admin.server(&uuid)["OS-EXT-STS:power_state"],
+        4,
+        "power state SHUTDOWN"
+    );
+    assert!(
+        vmm_pids(&up, &uuid).is_empty(),
+        "a VMM runs for a SHUTOFF server"
+    );
+    assert!(!pings(&up, &ip));
+    demo.ok(&["server", "start", "vm1"]);
+    demo.wait_status("vm1", "ACTIVE", SECS(120));
+    assert_eq!(vmm_pids(&up, &uuid).len(), 1);
+    wait_banners(&demo, "vm1", 2, SECS(60));
+    wait_pings(&up, &ip, SECS(60));
+
+    // A soft reboot: the guest boots again in the same VMM.
+    let before = vmm_pids(&up, &uuid);
+    demo.ok(&["server", "reboot", "--wait", "vm1"]);
+    demo.wait_status("vm1", "ACTIVE", SECS(120));
+    wait_banners(&demo, "vm1", 3, SECS(120));
+    wait_pings(&up, &ip, SECS(60));
+    assert_eq!(vmm_pids(&up, &uuid).len(), 1);
+    // A hard reboot: a new VMM.
+    demo.ok(&["server", "reboot", "--hard", "--wait", "vm1"]);
+    demo.wait_status("vm1", "ACTIVE", SECS(120));
+    wait_banners(&demo, "vm1", 4, SECS(120));
+    let after = vmm_pids(&up, &uuid);
+    assert_eq!(after.len(), 1);
+    assert_ne!(before, after, "a hard reboot starts a new VMM");
+    wait_pings(&up, &ip, SECS(60));
+
+    // pause / unpause and suspend / resume: the guest stops answering and
+    // answers again; the VMM stays.
+    demo.ok(&["server", "pause", "vm1"]);
+    demo.wait_status("vm1", "PAUSED", SECS(60));
+    assert_eq!(
+        admin.server(&uuid)["OS-EXT-STS:power_state"],
+        3,
+        "power state PAUSED"
+    );
+    assert!(!pings(&up, &ip), "a paused guest answered");
+    assert_eq!(vmm_pids(&up, &uuid), after);
+    demo.ok(&["server", "unpause", "vm1"]);
+    demo.wait_status("vm1", "ACTIVE", SECS(60));
+    wait_pings(&up, &ip, SECS(30));
+    demo.ok(&["server", "suspend", "vm1"]);
+    demo.wait_status("vm1", "SUSPENDED", SECS(60));
+    assert!(!pings(&up, &ip), "a suspended guest answered");
+    demo.ok(&["server", "resume", "vm1"]);
+    demo.wait_status("vm1", "ACTIVE", SECS(60));
+    wait_pings(&up, &ip, SECS(30));
+
+    // Quota: instances=2 for demo; a third server is refused.
+    admin.ok(&["quota", "set", "--instances", "2", "demo"]);
+    demo.json(&[
+        "server", "create", "--flavor", "m1.nano", "--image", "tiny", "--wait", "vm2",
+    ]);
+    let third = demo
+        .run(&[
+            "server", "create", "--flavor", "m1.nano", "--image", "tiny", "vm3",
+        ])
+        .expect_err("a third server over quota");
+    assert!(
+        third.contains("Quota exceeded for instances") && third.contains("403"),
+        "{third}"
+    );
+    let limits = demo.json(&["limits", "show", "--absolute"]);
+    let used = limits
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["Name"] == "total_instances_used")
+        .unwrap_or_else(|| panic!("{limits}"));
+    assert_eq!(used["Value"], 2, "{limits}");
+
+    // Another project cannot see or touch demo's servers.
+    admin.ok(&["project", "create", "--domain", "default", "other"]);
+    admin.ok(&[
+        "user",
+        "create",
+        "--domain",
+        "default",
+        "--project",
+        "other",
+        "--password",
+        "other-pass",
+        "other",
+    ]);
+    admin.ok(&[
+        "role",
+        "add",
+        "--project",
+        "other",
+        "--user",
+        "other",
+        "member",
+    ]);
+    let auth_url = admin.json(&[
+        "endpoint",
+        "list",
+        "--service",
+        "identity",
+        "--interface",
+        "public",
+    ]);
+    let auth_url = auth_url[0]["URL"].as_str().unwrap().to_owned();
+    let other = Cli::as_user(&auth_url, "other", "other-pass", "other");
+    let e = other.run(&["server", "show", &uuid]).expect_err("404");
+    assert!(not_found(&e), "{e}");
+    let e = other.run(&["server", "stop", &uuid]).expect_err("404");
+    assert!(not_found(&e), "{e}");
+    assert!(!other.ok(&["server", "list"]).contains("vm1"));
+    assert_eq!(demo.server("vm1")["status"], "ACTIVE");
+
+    // A restart of mica up keeps everything; the running servers were
+    // stopped by Ctrl-C and start again.
+    let vm2 = demo.server("vm2")["id"].as_str().unwrap().to_owned();
+    assert!(
+        up.interrupt(SECS(180)),
+        "mica up did not stop cleanly:\n{}",
+        up.log_tail(40)
+    );
+    let mut up = Up::start(&state, &[]);
+    let demo = up.cli("mica-demo");
+    let admin = up.cli("mica");
+    assert_eq!(demo.server("vm1")["status"], "SHUTOFF");
+    assert_eq!(demo.server("vm2")["status"], "SHUTOFF");
+    demo.ok(&["server", "start", "vm1"]);
+    demo.wait_status("vm1", "ACTIVE", SECS(120));
+    wait_banners(&demo, "vm1", 5, SECS(120));
+    wait_pings(&up, &ip, SECS(60));
+
+    // Deletes leave no VMM, tap, disk or allocation behind.
+    let ports = admin.json(&["port", "list", "--server", &uuid]);
+    let port = ports[0]["ID"].as_str().unwrap().to_owned();
+    let tap = format!("tap{}", &port[..11]);
+    assert!(
+        up.on_host(&format!("ip link show {tap}")).code == 0,
+        "no {tap}"
+    );
+    demo.ok(&["server", "delete", "--wait", "vm1", "vm2"]);
+    for id in [&uuid, &vm2] {
+        assert!(vmm_pids(&up, id).is_empty(), "a VMM of {id} is left");
+        let disk = up.on_host(&format!("test -e /var/lib/mica/instances/{id}"));
+        assert_ne!(disk.code, 0, "the folder of {id} is left");
+    }
+    assert_ne!(
+        up.on_host(&format!("ip link show {tap}")).code,
+        0,
+        "{tap} is left"
+    );
+    let token = admin.ok(&["token", "issue", "-f", "value", "-c", "id"]);
+    for id in [&uuid, &vm2] {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-H"])
+            .arg(format!("X-Auth-Token: {}", token.trim()))
+            .arg(format!("http://127.0.0.1:8778/allocations/{id}"))
+            .output()
+            .unwrap();
+        let body = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        assert_eq!(
+            v["allocations"],
+            serde_json::json!({}),
+            "allocation of {id} left: {v}"
+        );
+    }
+    assert!(
+        demo.ok(&["server", "list", "-f", "value"])
+            .trim()
+            .is_empty()
+    );
+    assert!(
+        up.interrupt(SECS(120)),
+        "mica up did not stop cleanly:\n{}",
+        up.log_tail(40)
+    );
+}
