@@ -45,6 +45,10 @@ pub struct NestedOptions {
     pub host_ports: Vec<u16>,
     /// `(host port on 127.0.0.1, L1 port)` forwards into L1.
     pub forwards: Vec<(u16, u16)>,
+    /// Share the machine-wide lock with other nested hosts that share it
+    /// (a test that needs two compute hosts at once); hosts that do not
+    /// share it still run alone.
+    pub shared_lock: bool,
 }
 
 impl NestedOptions {
@@ -56,6 +60,7 @@ impl NestedOptions {
             boot_timeout: Duration::from_secs(120),
             host_ports: Vec::new(),
             forwards: Vec::new(),
+            shared_lock: false,
         }
     }
 }
@@ -253,7 +258,7 @@ impl NestedHost {
             .stderr(Stdio::piped())
             .process_group(0);
 
-        let lock = machine_lock()?;
+        let lock = machine_lock(opts.shared_lock)?;
         let started = Instant::now();
         let child = cmd.spawn().context("starting qemu-system-x86_64")?;
         let mut host = NestedHost {
@@ -512,7 +517,7 @@ fn qmp(socket: &Path, command: &str) -> Result<()> {
 
 /// Takes the machine-wide nested-host lock (`$MICA_CACHE/nested.lock`, default
 /// `~/.cache/mica`), waiting for whoever holds it.
-fn machine_lock() -> Result<fs::File> {
+fn machine_lock(shared: bool) -> Result<fs::File> {
     use std::os::fd::AsRawFd as _;
     let cache = std::env::var_os("MICA_CACHE")
         .map(PathBuf::from)
@@ -523,9 +528,10 @@ fn machine_lock() -> Result<fs::File> {
         .create(true)
         .append(true)
         .open(cache.join("nested.lock"))?;
+    let how = if shared { libc::LOCK_SH } else { libc::LOCK_EX };
     // SAFETY: flock on a descriptor we own; the lock is released when `file`
     // is closed.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+    if unsafe { libc::flock(file.as_raw_fd(), how) } != 0 {
         return Err(std::io::Error::last_os_error()).context("locking nested.lock");
     }
     Ok(file)

@@ -38,11 +38,8 @@ use crate::sys::PidFd;
 
 /// How long after a stop's deadline (or a hard stop) the process is killed.
 const KILL_GRACE: Duration = Duration::from_secs(5);
-/// How often the actor asks the VMM for its state. Only the agent changes
-/// it (pause, resume), so this is a consistency check, kept rare: a request
-/// that reaches mica-vmm while it stops delays its exit (by up to a minute
-/// with the current mica-vmm), and none is sent while a stop is under way.
-const POLL: Duration = Duration::from_secs(30);
+/// How often the actor asks the VMM for its state.
+const POLL: Duration = Duration::from_secs(2);
 
 /// How to start a VMM.
 #[derive(Debug, Clone)]
@@ -511,9 +508,6 @@ impl Actor {
     }
 
     async fn refresh(&mut self) {
-        if self.requested {
-            return;
-        }
         if let Ok(info) = self.client.info().await {
             let s = status_of(info.state);
             self.status.send_if_modified(|old| {

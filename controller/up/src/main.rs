@@ -32,6 +32,33 @@ enum Command {
     /// same state folder keep everything. Ctrl-C stops every running server
     /// (as `openstack server stop` would) and then the cloud.
     Up(UpArgs),
+    /// The first-start steps of `mica up` for a distributed cloud, after
+    /// `mica-controller db sync` and `mica-controller bootstrap`, with the
+    /// API running: the demo project and user, the flavors, the image `tiny`,
+    /// the default security groups, the image API's internal endpoint, and
+    /// clouds.yaml. Safe to run again.
+    Init(InitArgs),
+}
+
+/// `mica init`'s options.
+#[derive(clap::Args, Debug, Clone)]
+pub struct InitArgs {
+    /// The identity API (e.g. http://ctl:5000/v3).
+    #[arg(long)]
+    pub identity_url: String,
+    /// The admin user's password (as given to `mica-controller bootstrap`).
+    #[arg(long, env = "MICA_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: String,
+    /// The password the user `demo` gets.
+    #[arg(long, env = "MICA_DEMO_PASSWORD", hide_env_values = true)]
+    pub demo_password: String,
+    /// The image API's URL as compute hosts reach it (its internal
+    /// endpoint), when not the public one.
+    #[arg(long)]
+    pub image_internal_url: Option<String>,
+    /// Where to write the clouds `mica` and `mica-demo`.
+    #[arg(long)]
+    pub clouds_yaml: PathBuf,
 }
 
 /// Where the compute host runs.
@@ -96,6 +123,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Up(args) => runtime.block_on(up::run(args)),
+        Command::Init(args) => runtime.block_on(up::init(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

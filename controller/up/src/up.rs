@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::cloud::{self, Cloud};
 use crate::compute::{self, ComputeHost};
-use crate::{ComputeMode, UpArgs};
+use crate::{ComputeMode, InitArgs, UpArgs};
 
 /// What `mica up` keeps in its state folder besides the database: the
 /// passwords it made and the bus namespace of its nested compute host.
@@ -264,4 +264,26 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// `mica init`: the first-start steps against a running distributed cloud.
+pub async fn init(args: InitArgs) -> Result<()> {
+    let identity = args.identity_url.trim_end_matches('/').to_owned();
+    let secrets = Secrets {
+        admin_password: args.admin_password.clone(),
+        demo_password: args.demo_password.clone(),
+        namespace: String::new(),
+    };
+    let cloud = Cloud::login(&identity, "admin", &secrets.admin_password, "admin").await?;
+    cloud::first_start(&cloud, &secrets, args.image_internal_url.as_deref()).await?;
+    let dir = args
+        .clouds_yaml
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let path = cloud::write_clouds_yaml(Some(&args.clouds_yaml), &dir, &identity, &secrets)?;
+    println!(
+        "mica init: done; clouds `mica` and `mica-demo` in {}",
+        path.display()
+    );
+    Ok(())
 }

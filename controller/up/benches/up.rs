@@ -1,0 +1,344 @@
+//! `mica up` figures (BENCHMARKS.md): start-up, `server create` → ACTIVE over
+//! 20 sequential creates of m1.nano (p50, p95), 50 servers created at once
+//! (time until all are ACTIVE), and resident memory (mica up idle, and per
+//! server: the controller's share and the VMM's).
+//!
+//! `cargo bench -p mica --bench up` (needs `make setup`; on a machine whose
+//! KVM cannot run Linux guests the compute host is the nested test host).
+//! `MICA_BENCH_SEQUENTIAL` and `MICA_BENCH_BURST` change the counts.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+struct Api {
+    http: reqwest::Client,
+    token: String,
+    compute: String,
+    network: String,
+    image: String,
+    project: String,
+}
+
+impl Api {
+    async fn login(identity: &str, password: &str) -> Api {
+        let http = reqwest::Client::new();
+        let resp = http
+            .post(format!("{identity}/auth/tokens"))
+            .json(&json!({"auth": {
+                "identity": {"methods": ["password"], "password": {"user": {
+                    "name": "admin", "domain": {"id": "default"}, "password": password}}},
+                "scope": {"project": {"name": "admin", "domain": {"id": "default"}}}}}))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "login: {}", resp.status());
+        let token = resp.headers()["x-subject-token"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let v: Value = resp.json().await.unwrap();
+        let url = |kind: &str| {
+            v["token"]["catalog"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["type"] == kind)
+                .and_then(|s| {
+                    s["endpoints"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|e| e["interface"] == "public")
+                })
+                .map(|e| e["url"].as_str().unwrap().trim_end_matches('/').to_owned())
+                .unwrap()
+        };
+        Api {
+            compute: url("compute"),
+            network: url("network"),
+            image: url("image"),
+            project: v["token"]["project"]["id"].as_str().unwrap().to_owned(),
+            http,
+            token,
+        }
+    }
+
+    async fn req(&self, method: reqwest::Method, url: String, body: Option<Value>) -> (u16, Value) {
+        let mut r = self
+            .http
+            .request(method, url)
+            .header("X-Auth-Token", &self.token)
+            .header("OpenStack-API-Version", "compute 2.96");
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn create(&self, name: &str, image: &str, net: &str) -> String {
+        let (status, v) = self
+            .req(
+                reqwest::Method::POST,
+                format!("{}/servers", self.compute),
+                Some(
+                    json!({"server": {"name": name, "imageRef": image, "flavorRef": "42",
+                    "networks": [{"uuid": net}]}}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 202, "create {name}: {v}");
+        v["server"]["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn status(&self, id: &str) -> String {
+        let (_, v) = self
+            .req(
+                reqwest::Method::GET,
+                format!("{}/servers/{id}", self.compute),
+                None,
+            )
+            .await;
+        v["server"]["status"].as_str().unwrap_or("GONE").to_owned()
+    }
+
+    async fn delete_all(&self, ids: &[String]) {
+        for id in ids {
+            self.req(
+                reqwest::Method::DELETE,
+                format!("{}/servers/{id}", self.compute),
+                None,
+            )
+            .await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(600);
+        for id in ids {
+            while self.status(id).await != "GONE" {
+                assert!(Instant::now() < deadline, "{id} not deleted");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn count(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The VMMs' resident memory on the compute host (KiB, sum and count).
+fn vmm_rss(job_folder: Option<&Path>) -> (u64, usize) {
+    let script = "ps -o rss= -C mica-vmm";
+    let out = match job_folder {
+        Some(j) => {
+            mica_tests::nested::run_in_job_folder(j, script, Duration::from_secs(60))
+                .unwrap()
+                .stdout
+        }
+        None => String::from_utf8_lossy(
+            &Command::new("sh")
+                .args(["-c", script])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .into_owned(),
+    };
+    let v: Vec<u64> = out
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    (v.iter().sum(), v.len())
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        println!("up: bench");
+        return;
+    }
+    let sequential = count("MICA_BENCH_SEQUENTIAL", 20);
+    let burst = count("MICA_BENCH_BURST", 50);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mica"))
+        .args(["up", "--nested-memory-mib", "10240", "--state-dir"])
+        .arg(&state)
+        .arg("--clouds-yaml")
+        .arg(state.join("clouds.yaml"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::fs::File::create(state.join("up.out")).unwrap())
+        .stderr(std::fs::File::create(state.join("up.err")).unwrap())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    while !std::fs::read_to_string(state.join("up.out"))
+        .unwrap_or_default()
+        .contains("mica up: ready")
+    {
+        assert!(child.try_wait().unwrap().is_none(), "mica up ended");
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "mica up not ready"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ready_in = started.elapsed();
+    let compute: Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("compute.json")).unwrap())
+            .unwrap();
+    let jobs = compute["job_folder"].as_str().map(std::path::PathBuf::from);
+    let secrets: Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("secrets.json")).unwrap())
+            .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_rss = rss_kib(child.id());
+
+    rt.block_on(async {
+        let api = Api::login(
+            "http://127.0.0.1:5000/v3",
+            secrets["admin_password"].as_str().unwrap(),
+        )
+        .await;
+        api.req(
+            reqwest::Method::PUT,
+            format!("{}/os-quota-sets/{}", api.compute, api.project),
+            Some(json!({"quota_set": {"instances": -1, "cores": -1, "ram": -1}})),
+        )
+        .await;
+        let (_, imgs) = api
+            .req(
+                reqwest::Method::GET,
+                format!("{}/v2/images?name=tiny", api.image),
+                None,
+            )
+            .await;
+        let image = imgs["images"][0]["id"].as_str().unwrap().to_owned();
+        let (_, nets) = api
+            .req(
+                reqwest::Method::GET,
+                format!("{}/v2.0/networks?name=shared", api.network),
+                None,
+            )
+            .await;
+        let net = nets["networks"][0]["id"].as_str().unwrap().to_owned();
+
+        // Warm-up: the image reaches the host's cache.
+        let w = api.create("warm-up", &image, &net).await;
+        while api.status(&w).await != "ACTIVE" {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        api.delete_all(&[w]).await;
+
+        // Sequential creates.
+        let mut times = Vec::new();
+        for i in 0..sequential {
+            let t = Instant::now();
+            let id = api.create(&format!("seq-{i}"), &image, &net).await;
+            loop {
+                match api.status(&id).await.as_str() {
+                    "ACTIVE" => break,
+                    "ERROR" => panic!("seq-{i} went to ERROR"),
+                    _ => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+            api.delete_all(&[id]).await;
+        }
+        times.sort_by(f64::total_cmp);
+
+        // A burst.
+        let t = Instant::now();
+        let ids: Vec<String> = futures_util::future::join_all(
+            (0..burst)
+                .map(|i| {
+                    let (api, image, net) = (&api, &image, &net);
+                    async move { api.create(&format!("burst-{i}"), image, net).await }
+                })
+                .collect::<Vec<_>>(),
+        )
+        .await;
+        let accepted = t.elapsed();
+        loop {
+            let (_, v) = api
+                .req(
+                    reqwest::Method::GET,
+                    format!("{}/servers/detail", api.compute),
+                    None,
+                )
+                .await;
+            let servers = v["servers"].as_array().unwrap();
+            assert!(
+                !servers.iter().any(|s| s["status"] == "ERROR"),
+                "a burst server went to ERROR"
+            );
+            if servers.iter().filter(|s| s["status"] == "ACTIVE").count() >= burst {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(900), "burst not ACTIVE in 900 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let all_active = t.elapsed();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let busy_rss = rss_kib(child.id());
+        let (vmm_sum, vmm_n) = vmm_rss(jobs.as_deref());
+
+        println!("mica up ({}): ready in {:.1} s", compute["mode"], ready_in.as_secs_f64());
+        println!(
+            "server create -> ACTIVE, {} sequential m1.nano: p50 {:.0} ms, p95 {:.0} ms, min {:.0} ms, max {:.0} ms",
+            times.len(),
+            percentile(&times, 0.5),
+            percentile(&times, 0.95),
+            times[0],
+            times[times.len() - 1]
+        );
+        println!(
+            "{burst} servers at once: accepted in {:.2} s, all ACTIVE in {:.1} s",
+            accepted.as_secs_f64(),
+            all_active.as_secs_f64()
+        );
+        println!("mica up resident memory idle: {:.1} MiB", idle_rss as f64 / 1024.0);
+        println!(
+            "mica up resident memory with {burst} servers: {:.1} MiB ({:.0} KiB per server)",
+            busy_rss as f64 / 1024.0,
+            (busy_rss.saturating_sub(idle_rss)) as f64 / burst as f64
+        );
+        if vmm_n > 0 {
+            println!(
+                "mica-vmm resident memory: {vmm_n} processes, {:.1} MiB each on average (guest memory touched included)",
+                vmm_sum as f64 / 1024.0 / vmm_n as f64
+            );
+        }
+        api.delete_all(&ids).await;
+    });
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+}
