@@ -139,7 +139,10 @@ impl ComputeHost {
                      cmdline = \"console=ttyS0 reboot=k panic=1 root=/dev/vda rw quiet\"\n\
                      # L1's KVM (in QEMU's software CPU) cannot give guests XSAVE.\n\
                      extra_cmdline = \"noxsave\"\nshutdown_timeout_s = 30\nstart_timeout_s = 60\n\n\
-                     [resources]\nreserved_host_memory_mb = 384\n",
+                     [resources]\nreserved_host_memory_mb = 384\n\
+                     # L1's disk is memory (a tmpfs of half its size) and root disks\n\
+                     # are sparse copies: overcommit it as thin provisioning would.\n\
+                     disk_allocation_ratio = 20.0\n",
                     host = quote(&name),
                     amqp = quote(&amqp),
                     ns = quote(&secrets.namespace),

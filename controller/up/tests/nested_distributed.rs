@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct Process(Child, PathBuf);
+struct Process(Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -87,7 +87,7 @@ impl Compute {
              [vmm]\nbinary = \"{}\"\nkernel = \"{}\"\n\
              cmdline = \"console=ttyS0 reboot=k panic=1 root=/dev/vda rw quiet\"\n\
              extra_cmdline = \"noxsave\"\nshutdown_timeout_s = 20\nstart_timeout_s = 60\n\n\
-             [resources]\nreserved_host_memory_mb = 256\n",
+             [resources]\nreserved_host_memory_mb = 256\n# L1 disk is a small tmpfs; root disks are sparse.\ndisk_allocation_ratio = 20.0\n",
             vmm.display(),
             kernel.display()
         );
@@ -195,7 +195,6 @@ fn nested_distributed_two_hosts() {
             .stderr(std::fs::File::create(&ctl_log).unwrap())
             .spawn()
             .unwrap(),
-        ctl_log.clone(),
     );
     let identity = format!("http://127.0.0.1:{}/v3", ports[0]);
     let deadline = Instant::now() + SECS(60);
@@ -248,16 +247,30 @@ fn nested_distributed_two_hosts() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    demo.ok(&[
-        "security",
-        "group",
-        "rule",
-        "create",
-        "--ingress",
-        "--protocol",
-        "icmp",
-        "default",
-    ]);
+    // Pings allowed in, in both projects' default groups (an admin sees
+    // every project's, so by id).
+    let groups = admin.json(&["security", "group", "list", "--project", "admin"]);
+    let admin_default = groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["Name"] == "default")
+        .unwrap_or_else(|| panic!("{groups}"))["ID"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (c, g) in [(&admin, admin_default.as_str()), (&demo, "default")] {
+        c.ok(&[
+            "security",
+            "group",
+            "rule",
+            "create",
+            "--ingress",
+            "--protocol",
+            "icmp",
+            g,
+        ]);
+    }
 
     // An admin picks the host.
     for (host, c) in [("dist-b", &b), ("dist-a", &a)] {
@@ -332,11 +345,10 @@ fn nested_distributed_two_hosts() {
             "tiny",
             "--hint",
             &format!("group={gid}"),
-            "--wait",
             n,
         ]);
-        assert_eq!(s["status"], "ACTIVE", "{s}");
         let uuid = s["id"].as_str().unwrap().to_owned();
+        demo.wait_status(&uuid, "ACTIVE", SECS(180));
         let host = admin.server(&uuid)["OS-EXT-SRV-ATTR:host"]
             .as_str()
             .unwrap()
