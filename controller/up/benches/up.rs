@@ -172,6 +172,22 @@ fn vmm_rss(job_folder: Option<&Path>) -> (u64, usize) {
     (v.iter().sum(), v.len())
 }
 
+/// Stops `mica up` however the bench ends.
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         println!("up: bench");
@@ -183,8 +199,11 @@ fn main() {
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mica"))
-        .args(["up", "--nested-memory-mib", "10240", "--state-dir"])
+    let child = Command::new(env!("CARGO_BIN_EXE_mica"))
+        // 50 m1.nano: 6.4 GiB of guest memory and 50 vCPUs on a host of 2.
+        .args(["up", "--nested-memory-mib", "10240"])
+        .args(["--agent-set", "resources.cpu_allocation_ratio=32"])
+        .arg("--state-dir")
         .arg(&state)
         .arg("--clouds-yaml")
         .arg(state.join("clouds.yaml"))
@@ -194,11 +213,16 @@ fn main() {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
+    let mut child = Guard(child);
     while !std::fs::read_to_string(state.join("up.out"))
         .unwrap_or_default()
         .contains("mica up: ready")
     {
-        assert!(child.try_wait().unwrap().is_none(), "mica up ended");
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "mica up ended:\n{}",
+            std::fs::read_to_string(state.join("up.err")).unwrap_or_default()
+        );
         assert!(
             started.elapsed() < Duration::from_secs(300),
             "mica up not ready"
@@ -219,7 +243,7 @@ fn main() {
         .build()
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    let idle_rss = rss_kib(child.id());
+    let idle_rss = rss_kib(child.0.id());
 
     rt.block_on(async {
         let api = Api::login(
@@ -273,6 +297,7 @@ fn main() {
             api.delete_all(&[id]).await;
         }
         times.sort_by(f64::total_cmp);
+        eprintln!("sequential creates (ms, sorted): {times:.0?}");
 
         // A burst.
         let t = Instant::now();
@@ -295,10 +320,9 @@ fn main() {
                 )
                 .await;
             let servers = v["servers"].as_array().unwrap();
-            assert!(
-                !servers.iter().any(|s| s["status"] == "ERROR"),
-                "a burst server went to ERROR"
-            );
+            if let Some(s) = servers.iter().find(|s| s["status"] == "ERROR") {
+                panic!("a burst server went to ERROR: {}", s["fault"]);
+            }
             if servers.iter().filter(|s| s["status"] == "ACTIVE").count() >= burst {
                 break;
             }
@@ -307,7 +331,7 @@ fn main() {
         }
         let all_active = t.elapsed();
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let busy_rss = rss_kib(child.id());
+        let busy_rss = rss_kib(child.0.id());
         let (vmm_sum, vmm_n) = vmm_rss(jobs.as_deref());
 
         println!("mica up ({}): ready in {:.1} s", compute["mode"], ready_in.as_secs_f64());
@@ -338,7 +362,5 @@ fn main() {
         }
         api.delete_all(&ids).await;
     });
-    // SAFETY: signalling our own child by its pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let _ = child.wait();
+    drop(child);
 }

@@ -151,6 +151,7 @@ impl ComputeHost {
                 );
                 let memory = args.nested_memory_mib;
                 let agent_bin2 = agent_bin.clone();
+                let agent_sets = args.agent_set.clone();
                 let saved = state.join("nested-compute.tar");
                 let saved2 = saved.clone();
                 let (host, log) = tokio::task::spawn_blocking(move || {
@@ -159,6 +160,7 @@ impl ComputeHost {
                         vec![amqp_port, image_port],
                         &agent_toml,
                         &agent_bin2,
+                        &agent_sets,
                         &saved2,
                     )
                 })
@@ -189,6 +191,7 @@ impl ComputeHost {
                     format!("vmm.binary={}", quote(&vmm.display().to_string())),
                     format!("vmm.kernel={}", quote(&kernel.display().to_string())),
                 ];
+                let overrides = [overrides, args.agent_set.clone()].concat();
                 let config = mica_agent::config::Config::parse("", "mica up", &overrides)
                     .map_err(|e| anyhow::anyhow!("the agent's configuration: {e}"))?;
                 let options = AgentOptions::from_config(&config);
@@ -316,6 +319,7 @@ fn boot_nested(
     host_ports: Vec<u16>,
     agent_toml: &str,
     agent_bin: &Path,
+    agent_sets: &[String],
     saved: &Path,
 ) -> Result<(NestedHost, PathBuf)> {
     let mut opts = NestedOptions::new("mica-up");
@@ -362,8 +366,12 @@ fn boot_nested(
     host.spawn(&format!(
         "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
          echo $$ > /mica-job/agent.pid\n\
-         exec {} --config /mica-job/agent.toml >> /mica-job/agent.log 2>&1",
-        agent_bin.display()
+         exec {} --config /mica-job/agent.toml{} >> /mica-job/agent.log 2>&1",
+        agent_bin.display(),
+        agent_sets
+            .iter()
+            .map(|s| format!(" --set '{}'", s.replace('\'', "")))
+            .collect::<String>()
     ))?;
     Ok((host, log))
 }

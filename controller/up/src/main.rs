@@ -95,6 +95,11 @@ pub struct UpArgs {
     /// as this machine sees it).
     #[arg(long, default_value = "amqp://mica:mica@127.0.0.1:5672/mica")]
     pub nested_amqp_url: String,
+    /// Override a setting of the compute host's agent: `--agent-set
+    /// section.key=value` (repeatable; see `mica-agent config defaults`),
+    /// e.g. `resources.cpu_allocation_ratio=16`.
+    #[arg(long = "agent-set", value_name = "SECTION.KEY=VALUE")]
+    pub agent_set: Vec<String>,
     /// Override a controller setting: `--set section.key=value`
     /// (repeatable; see `mica-controller config defaults`).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
