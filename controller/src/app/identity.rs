@@ -3,8 +3,9 @@
 //!
 //! # Tokens
 //!
-//! Tokens are opaque: 32 bytes from the OS random source, base64url-encoded
-//! (43 characters). The database keeps only their SHA-256, with the user, the
+//! Tokens are opaque: `m` and 32 bytes from the OS random source,
+//! base64url-encoded (44 characters; the letter keeps a token from starting
+//! with `-`, which command lines take for an option). The database keeps only their SHA-256, with the user, the
 //! project scope, the expiry and a revoked flag. Validating a token is one
 //! indexed lookup of its hash joined with its user and project, plus the
 //! user's effective roles on the project, so:
@@ -195,10 +196,16 @@ async fn verify_password(hash: Option<String>, password: &str) -> Result<bool> {
     .map_err(|e| Error::internal("password verification task", e))
 }
 
+/// A new token: a fixed letter, then 256 random bits in URL-safe base64.
+/// The letter keeps a token from starting with `-`, which command lines
+/// (`openstack token revoke <token>`) would take for an option.
 fn new_token_value() -> Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| Error::internal("random token", e.to_string()))?;
-    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    Ok(format!(
+        "m{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
 }
 
 /// The stored form of a token value.
@@ -1466,4 +1473,15 @@ async fn bootstrap_tx(
         admin_project_id: project.id,
         endpoints: registered,
     })
+}
+
+#[cfg(test)]
+mod token_value_tests {
+    #[test]
+    fn token_values_never_look_like_options() {
+        for _ in 0..2000 {
+            let t = super::new_token_value().unwrap();
+            assert!(t.starts_with('m') && t.len() == 44, "{t}");
+        }
+    }
 }

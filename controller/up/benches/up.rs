@@ -172,6 +172,124 @@ fn vmm_rss(job_folder: Option<&Path>) -> (u64, usize) {
     (v.iter().sum(), v.len())
 }
 
+/// What the create benchmarks measured.
+struct Measured {
+    /// Sorted, ms.
+    times: Vec<f64>,
+    accepted: Duration,
+    all_active: Duration,
+    ids: Vec<String>,
+}
+
+/// Warm-up, `sequential` creates one at a time, then `burst` at once.
+async fn measure(api: &Api, sequential: usize, burst: usize) -> Measured {
+    api.req(
+        reqwest::Method::PUT,
+        format!("{}/os-quota-sets/{}", api.compute, api.project),
+        Some(json!({"quota_set": {"instances": -1, "cores": -1, "ram": -1}})),
+    )
+    .await;
+    let (_, imgs) = api
+        .req(
+            reqwest::Method::GET,
+            format!("{}/v2/images?name=tiny", api.image),
+            None,
+        )
+        .await;
+    let image = imgs["images"][0]["id"].as_str().unwrap().to_owned();
+    let (_, nets) = api
+        .req(
+            reqwest::Method::GET,
+            format!("{}/v2.0/networks?name=shared", api.network),
+            None,
+        )
+        .await;
+    let net = nets["networks"][0]["id"].as_str().unwrap().to_owned();
+
+    // Warm-up: the image reaches the host's cache.
+    let w = api.create("warm-up", &image, &net).await;
+    while api.status(&w).await != "ACTIVE" {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    api.delete_all(&[w]).await;
+
+    // Sequential creates.
+    let mut times = Vec::new();
+    for i in 0..sequential {
+        let t = Instant::now();
+        let id = api.create(&format!("seq-{i}"), &image, &net).await;
+        loop {
+            match api.status(&id).await.as_str() {
+                "ACTIVE" => break,
+                "ERROR" => panic!("seq-{i} went to ERROR"),
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        api.delete_all(&[id]).await;
+    }
+    times.sort_by(f64::total_cmp);
+    eprintln!("sequential creates (ms, sorted): {times:.0?}");
+
+    // A burst.
+    let t = Instant::now();
+    let ids: Vec<String> = futures_util::future::join_all(
+        (0..burst)
+            .map(|i| {
+                let (image, net) = (&image, &net);
+                async move { api.create(&format!("burst-{i}"), image, net).await }
+            })
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let accepted = t.elapsed();
+    loop {
+        let (_, v) = api
+            .req(
+                reqwest::Method::GET,
+                format!("{}/servers/detail", api.compute),
+                None,
+            )
+            .await;
+        let servers = v["servers"].as_array().unwrap();
+        if let Some(s) = servers.iter().find(|s| s["status"] == "ERROR") {
+            panic!("a burst server went to ERROR: {}", s["fault"]);
+        }
+        if servers.iter().filter(|s| s["status"] == "ACTIVE").count() >= burst {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(900),
+            "burst not ACTIVE in 900 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all_active = t.elapsed();
+    Measured {
+        times,
+        accepted,
+        all_active,
+        ids,
+    }
+}
+
+fn print_creates(what: &str, m: &Measured, burst: usize) {
+    let t = &m.times;
+    println!(
+        "{what}: server create -> ACTIVE, {} sequential m1.nano: p50 {:.0} ms, p95 {:.0} ms, min {:.0} ms, max {:.0} ms",
+        t.len(),
+        percentile(t, 0.5),
+        percentile(t, 0.95),
+        t[0],
+        t[t.len() - 1]
+    );
+    println!(
+        "{what}: {burst} servers at once: accepted in {:.2} s, all ACTIVE in {:.1} s",
+        m.accepted.as_secs_f64(),
+        m.all_active.as_secs_f64()
+    );
+}
+
 /// Stops `mica up` however the bench ends.
 struct Guard(std::process::Child);
 
@@ -195,6 +313,17 @@ fn main() {
     }
     let sequential = count("MICA_BENCH_SEQUENTIAL", 20);
     let burst = count("MICA_BENCH_BURST", 50);
+    let args: Vec<String> = std::env::args().collect();
+    let all = !args.iter().any(|a| a == "all-in-one" || a == "distributed");
+    if all || args.iter().any(|a| a == "all-in-one") {
+        all_in_one(sequential, burst);
+    }
+    if all || args.iter().any(|a| a == "distributed") {
+        distributed(sequential, burst);
+    }
+}
+
+fn all_in_one(sequential: usize, burst: usize) {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
@@ -251,103 +380,13 @@ fn main() {
             secrets["admin_password"].as_str().unwrap(),
         )
         .await;
-        api.req(
-            reqwest::Method::PUT,
-            format!("{}/os-quota-sets/{}", api.compute, api.project),
-            Some(json!({"quota_set": {"instances": -1, "cores": -1, "ram": -1}})),
-        )
-        .await;
-        let (_, imgs) = api
-            .req(
-                reqwest::Method::GET,
-                format!("{}/v2/images?name=tiny", api.image),
-                None,
-            )
-            .await;
-        let image = imgs["images"][0]["id"].as_str().unwrap().to_owned();
-        let (_, nets) = api
-            .req(
-                reqwest::Method::GET,
-                format!("{}/v2.0/networks?name=shared", api.network),
-                None,
-            )
-            .await;
-        let net = nets["networks"][0]["id"].as_str().unwrap().to_owned();
-
-        // Warm-up: the image reaches the host's cache.
-        let w = api.create("warm-up", &image, &net).await;
-        while api.status(&w).await != "ACTIVE" {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        api.delete_all(&[w]).await;
-
-        // Sequential creates.
-        let mut times = Vec::new();
-        for i in 0..sequential {
-            let t = Instant::now();
-            let id = api.create(&format!("seq-{i}"), &image, &net).await;
-            loop {
-                match api.status(&id).await.as_str() {
-                    "ACTIVE" => break,
-                    "ERROR" => panic!("seq-{i} went to ERROR"),
-                    _ => tokio::time::sleep(Duration::from_millis(10)).await,
-                }
-            }
-            times.push(t.elapsed().as_secs_f64() * 1000.0);
-            api.delete_all(&[id]).await;
-        }
-        times.sort_by(f64::total_cmp);
-        eprintln!("sequential creates (ms, sorted): {times:.0?}");
-
-        // A burst.
-        let t = Instant::now();
-        let ids: Vec<String> = futures_util::future::join_all(
-            (0..burst)
-                .map(|i| {
-                    let (api, image, net) = (&api, &image, &net);
-                    async move { api.create(&format!("burst-{i}"), image, net).await }
-                })
-                .collect::<Vec<_>>(),
-        )
-        .await;
-        let accepted = t.elapsed();
-        loop {
-            let (_, v) = api
-                .req(
-                    reqwest::Method::GET,
-                    format!("{}/servers/detail", api.compute),
-                    None,
-                )
-                .await;
-            let servers = v["servers"].as_array().unwrap();
-            if let Some(s) = servers.iter().find(|s| s["status"] == "ERROR") {
-                panic!("a burst server went to ERROR: {}", s["fault"]);
-            }
-            if servers.iter().filter(|s| s["status"] == "ACTIVE").count() >= burst {
-                break;
-            }
-            assert!(t.elapsed() < Duration::from_secs(900), "burst not ACTIVE in 900 s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let all_active = t.elapsed();
+        let m = measure(&api, sequential, burst).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let busy_rss = rss_kib(child.0.id());
         let (vmm_sum, vmm_n) = vmm_rss(jobs.as_deref());
 
         println!("mica up ({}): ready in {:.1} s", compute["mode"], ready_in.as_secs_f64());
-        println!(
-            "server create -> ACTIVE, {} sequential m1.nano: p50 {:.0} ms, p95 {:.0} ms, min {:.0} ms, max {:.0} ms",
-            times.len(),
-            percentile(&times, 0.5),
-            percentile(&times, 0.95),
-            times[0],
-            times[times.len() - 1]
-        );
-        println!(
-            "{burst} servers at once: accepted in {:.2} s, all ACTIVE in {:.1} s",
-            accepted.as_secs_f64(),
-            all_active.as_secs_f64()
-        );
+        print_creates("all-in-one", &m, burst);
         println!("mica up resident memory idle: {:.1} MiB", idle_rss as f64 / 1024.0);
         println!(
             "mica up resident memory with {burst} servers: {:.1} MiB ({:.0} KiB per server)",
@@ -360,7 +399,168 @@ fn main() {
                 vmm_sum as f64 / 1024.0 / vmm_n as f64
             );
         }
-        api.delete_all(&ids).await;
+        api.delete_all(&m.ids).await;
     });
     drop(child);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The distributed mode: `mica-controller api scheduler conductor` on
+/// PostgreSQL and RabbitMQ, `mica init`, and `mica-agent` in the nested test
+/// host (release binaries: `cargo build --release -p mica-controller -p
+/// mica-agent -p mica-vmm`).
+fn distributed(sequential: usize, burst: usize) {
+    use mica_tests::nested::{HOST_FROM_L1, NestedHost, NestedOptions};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let db = rt.block_on(mica_controller::testing::TestDb::create(
+        mica_controller::db::Backend::Postgres,
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let ns = format!("bench-{}", std::process::id());
+    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+    let config = dir.path().join("controller.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nurl = \"{}\"\n\n\
+             [messaging]\ntransport_url = \"amqp://mica:mica@127.0.0.1:5672/mica\"\n\
+             namespace = \"{ns}\"\nqueue_expiry_secs = 600\n\n\
+             [api]\nidentity_listen = \"127.0.0.1:{}\"\ncompute_listen = \"127.0.0.1:{}\"\n\
+             image_listen = \"127.0.0.1:{}\"\nplacement_listen = \"127.0.0.1:{}\"\n\
+             network_listen = \"127.0.0.1:{}\"\nmetadata_listen = \"\"\nconsole_proxy_listen = \"\"\n\n\
+             [image]\nstore_dir = \"{}\"\n\n[log]\nlevel = \"warn\"\n\n\
+             [bootstrap]\nadmin_password = \"admin-secret\"\n",
+            db.url,
+            ports[0],
+            ports[1],
+            ports[2],
+            ports[3],
+            ports[4],
+            dir.path().join("images").display()
+        ),
+    )
+    .unwrap();
+    let ctl = mica_tests::artifacts::workspace_binary("mica-controller").unwrap();
+    for step in [&["db", "sync"][..], &["bootstrap"][..]] {
+        let out = Command::new(&ctl)
+            .arg("--config")
+            .arg(&config)
+            .args(step)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{step:?}: {out:?}");
+    }
+    let started = Instant::now();
+    let controller = Guard(
+        Command::new(&ctl)
+            .arg("--config")
+            .arg(&config)
+            .args(["api", "scheduler", "conductor"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("controller.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    while std::net::TcpStream::connect(("127.0.0.1", ports[0])).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the API did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let identity = format!("http://127.0.0.1:{}/v3", ports[0]);
+    let out = Command::new(env!("CARGO_BIN_EXE_mica"))
+        .args(["init", "--identity-url", &identity, "--image-internal-url"])
+        .arg(format!("http://{HOST_FROM_L1}:{}", ports[2]))
+        .arg("--clouds-yaml")
+        .arg(dir.path().join("clouds.yaml"))
+        .env("MICA_ADMIN_PASSWORD", "admin-secret")
+        .env("MICA_DEMO_PASSWORD", "demo-secret")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mica init: {out:?}");
+
+    let mut opts = NestedOptions::new("bench-dist");
+    opts.memory_mib = 10240;
+    opts.host_ports = vec![5672, ports[2]];
+    let host = NestedHost::boot(opts).unwrap();
+    let out = host
+        .run(
+            "export PATH=/usr/sbin:/usr/bin:/sbin:/bin\n\
+             modprobe virtio_net\n\
+             for i in $(seq 1 50); do [ -e /sys/class/net/eth0 ] && break; sleep 0.1; done\n\
+             if ! ip -4 addr show dev eth0 | grep -q 10.0.2.15; then\n\
+               ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2\n\
+             fi",
+        )
+        .unwrap();
+    assert_eq!(out.code, 0, "{out:?}");
+    let vmm = mica_tests::artifacts::workspace_binary("mica-vmm").unwrap();
+    let agent = mica_tests::artifacts::workspace_binary("mica-agent").unwrap();
+    let kernel = mica_tests::artifacts::GuestKernel::locate()
+        .unwrap()
+        .vmlinux();
+    std::fs::write(
+        host.shared_dir().join("agent.toml"),
+        format!(
+            "[agent]\nhost = \"bench-dist\"\nstate_dir = \"/var/lib/mica\"\nrun_dir = \"/run/mica\"\n\
+             log_level = \"warn\"\n\n\
+             [rpc]\nurl = \"amqp://mica:mica@{HOST_FROM_L1}:5672/mica\"\nnamespace = \"{ns}\"\n\
+             queue_expiry_s = 600\n\n\
+             [vmm]\nbinary = \"{}\"\nkernel = \"{}\"\n\
+             cmdline = \"console=ttyS0 reboot=k panic=1 root=/dev/vda rw quiet\"\n\
+             extra_cmdline = \"noxsave\"\n\n\
+             [resources]\nreserved_host_memory_mb = 384\ncpu_allocation_ratio = 32.0\n\
+             disk_allocation_ratio = 20.0\n",
+            vmm.display(),
+            kernel.display()
+        ),
+    )
+    .unwrap();
+    host.spawn(&format!(
+        "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
+         exec {} --config /mica-job/agent.toml > /mica-job/agent.log 2>&1",
+        agent.display()
+    ))
+    .unwrap();
+
+    rt.block_on(async {
+        let api = Api::login(&identity, "admin-secret").await;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (_, v) = api
+                .req(
+                    reqwest::Method::GET,
+                    format!("{}/os-hypervisors/detail", api.compute),
+                    None,
+                )
+                .await;
+            if v["hypervisors"]
+                .as_array()
+                .is_some_and(|h| h.iter().any(|h| h["state"] == "up"))
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the agent did not register");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let m = measure(&api, sequential, burst).await;
+        print_creates("distributed", &m, burst);
+        api.delete_all(&m.ids).await;
+    });
+    drop(host);
+    drop(controller);
+    drop(db);
 }
