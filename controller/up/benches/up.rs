@@ -206,12 +206,26 @@ async fn measure(api: &Api, sequential: usize, burst: usize) -> Measured {
         .await;
     let net = nets["networks"][0]["id"].as_str().unwrap().to_owned();
 
-    // Warm-up: the image reaches the host's cache.
-    let w = api.create("warm-up", &image, &net).await;
-    while api.status(&w).await != "ACTIVE" {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // Warm-up: the image reaches the host's cache. (A host that has just
+    // registered may not have reported its inventory yet: try again.)
+    for attempt in 1.. {
+        let w = api.create("warm-up", &image, &net).await;
+        let status = loop {
+            match api.status(&w).await.as_str() {
+                s @ ("ACTIVE" | "ERROR") => break s.to_owned(),
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        api.delete_all(&[w]).await;
+        if status == "ACTIVE" {
+            break;
+        }
+        assert!(
+            attempt < 10,
+            "the warm-up server went to ERROR {attempt} times"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    api.delete_all(&[w]).await;
 
     // Sequential creates.
     let mut times = Vec::new();
