@@ -24,21 +24,27 @@ use crate::scheduler::rpc::{self as sched_rpc, SchedulerClient};
 
 /// Connects to the bus of `[messaging] transport_url`.
 pub async fn connect(app: &App, name: &str) -> Result<Rpc> {
-    let m = &app.config.messaging;
-    let options = RpcOptions {
+    Rpc::connect_with(
+        &app.config.messaging.transport_url,
+        rpc_options(&app.config.messaging, name),
+    )
+    .await
+    .map_err(|e| {
+        Error::new(
+            Kind::ServiceUnavailable,
+            format!("cannot reach the message bus: {e}"),
+        )
+    })
+}
+
+/// The bus options of `[messaging]`, for a connection called `name`.
+pub fn rpc_options(m: &crate::config::Messaging, name: &str) -> RpcOptions {
+    RpcOptions {
         connection_name: Some(name.to_owned()),
         namespace: m.namespace.clone(),
         queue_expiry: (m.queue_expiry_secs > 0).then(|| Duration::from_secs(m.queue_expiry_secs)),
         ..RpcOptions::default()
-    };
-    Rpc::connect_with(&app.config.messaging.transport_url, options)
-        .await
-        .map_err(|e| {
-            Error::new(
-                Kind::ServiceUnavailable,
-                format!("cannot reach the message bus: {e}"),
-            )
-        })
+    }
 }
 
 /// The scheduler and conductor roles running in this process.

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,20 +26,7 @@ async fn openstack_cli_sqlite() {
 }
 
 fn openstack() -> PathBuf {
-    let cache = std::env::var("MICA_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/mica"));
-    let p = cache.join("venv/bin/openstack");
-    assert!(p.exists(), "{} is missing: run `make setup`", p.display());
-    p
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    mica_tests::venv_bin("openstack")
 }
 
 /// Kills the controller if the test fails half-way.
@@ -134,7 +120,7 @@ async fn cli_session(backend: Backend) {
     let bin = openstack();
     let db = TestDb::create(backend).await;
     let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<u16> = (0..7).map(|_| free_port()).collect();
+    let ports: Vec<u16> = (0..7).map(|_| mica_tests::free_port()).collect();
     let (identity, image, placement) = (ports[0], ports[1], ports[2]);
     let config = format!(
         "[database]\nurl = \"{}\"\n\

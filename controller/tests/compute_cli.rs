@@ -8,7 +8,6 @@
 //! aggregate, hypervisor, service and zone commands.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,23 +25,6 @@ async fn compute_cli_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compute_cli_sqlite() {
     session(Backend::Sqlite).await;
-}
-
-fn venv_bin(name: &str) -> PathBuf {
-    let cache = std::env::var("MICA_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/mica"));
-    let p = cache.join("venv/bin").join(name);
-    assert!(p.exists(), "{} is missing: run `make setup`", p.display());
-    p
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Controller(Option<Child>);
@@ -75,7 +57,7 @@ impl Cli {
     }
 
     fn run_bin(&self, bin: &str, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(venv_bin(bin))
+        let out = Command::new(mica_tests::venv_bin(bin))
             .args(args)
             .current_dir(&self.dir)
             .env_clear()
@@ -206,7 +188,7 @@ async fn heartbeat(db_url: &str, host: &str) {
 async fn session(backend: Backend) {
     let db = TestDb::create(backend).await;
     let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+    let ports: Vec<u16> = (0..5).map(|_| mica_tests::free_port()).collect();
     let (identity, image, placement, compute, network) =
         (ports[0], ports[1], ports[2], ports[3], ports[4]);
     let cfg = format!(

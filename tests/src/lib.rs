@@ -43,3 +43,24 @@ pub fn repo_root() -> std::path::PathBuf {
         .expect("tests/ has a parent")
         .to_path_buf()
 }
+
+/// A program of the pinned Python venv `make setup` makes
+/// (`~/.cache/mica/venv/bin/<name>`, or under `MICA_CACHE`): `openstack`,
+/// `nova`. Panics with what to run when it is missing.
+pub fn venv_bin(name: &str) -> std::path::PathBuf {
+    let cache = std::env::var_os("MICA_CACHE").map_or_else(
+        || std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/mica"),
+        std::path::PathBuf::from,
+    );
+    let p = cache.join("venv/bin").join(name);
+    assert!(p.exists(), "{} is missing: run `make setup`", p.display());
+    p
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port on 127.0.0.1")
+        .port()
+}

@@ -99,26 +99,7 @@ pub struct Job<'a> {
 impl Job<'_> {
     /// Waits for the job to end.
     pub fn wait(&self, timeout: Duration) -> Result<JobOutput> {
-        let rc = self.dir.join("rc");
-        let deadline = Instant::now() + timeout;
-        while !rc.exists() {
-            self.host.check_alive()?;
-            if Instant::now() > deadline {
-                bail!(
-                    "job {} did not finish within {timeout:?}\n--- stdout so far ---\n{}\n--- stderr so far ---\n{}",
-                    self.dir.display(),
-                    self.stdout_so_far(),
-                    read_lossy(&self.dir.join("stderr"))
-                );
-            }
-            std::thread::sleep(POLL);
-        }
-        let code = read_lossy(&rc).trim().parse().unwrap_or(-1);
-        Ok(JobOutput {
-            stdout: read_lossy(&self.dir.join("stdout")),
-            stderr: read_lossy(&self.dir.join("stderr")),
-            code,
-        })
+        wait_job(&self.dir, timeout, || self.host.check_alive())
     }
 
     /// Whether the job has ended.
@@ -327,11 +308,7 @@ impl NestedHost {
     pub fn spawn(&self, script: &str) -> Result<Job<'_>> {
         self.check_alive()?;
         let id = self.next_job.fetch_add(1, Ordering::SeqCst);
-        let dir = self.dir.path().join("jobs").join(id.to_string());
-        fs::create_dir(&dir)?;
-        fs::write(dir.join("cmd"), script)?;
-        fs::write(dir.join("start.tmp"), "")?;
-        fs::rename(dir.join("start.tmp"), dir.join("start"))?;
+        let dir = start_job(self.dir.path(), &id.to_string(), script)?;
         Ok(Job { host: self, dir })
     }
 
@@ -579,14 +556,28 @@ pub fn run_in_job_folder(job_folder: &Path, script: &str, timeout: Duration) -> 
         std::process::id(),
         NEXT.fetch_add(1, Ordering::SeqCst)
     );
+    let dir = start_job(job_folder, &id, script)?;
+    wait_job(&dir, timeout, || Ok(()))
+}
+
+/// Drops job `id` into `job_folder` (its script complete before `start`
+/// appears). Returns the job's folder.
+fn start_job(job_folder: &Path, id: &str, script: &str) -> Result<PathBuf> {
     let dir = job_folder.join("jobs").join(id);
     fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
     fs::write(dir.join("cmd"), script)?;
     fs::write(dir.join("start.tmp"), "")?;
     fs::rename(dir.join("start.tmp"), dir.join("start"))?;
+    Ok(dir)
+}
+
+/// Waits for the job in `dir` to end, checking `alive` (L1 still there)
+/// while it runs.
+fn wait_job(dir: &Path, timeout: Duration, alive: impl Fn() -> Result<()>) -> Result<JobOutput> {
     let rc = dir.join("rc");
     let deadline = Instant::now() + timeout;
     while !rc.exists() {
+        alive()?;
         if Instant::now() > deadline {
             bail!(
                 "job {} did not finish within {timeout:?}\n--- stdout so far ---\n{}\n--- stderr so far ---\n{}",

@@ -218,25 +218,6 @@ impl NestedCompute {
             host.ready_line()
         );
         eprintln!("nested host ready in {:?}", host.boot_time());
-        // L1's init looks for eth0 before anything loads virtio_net, so its
-        // user network is never configured (tests/nested/init, reported):
-        // configure it here as the init would.
-        let out = host
-            .run(
-                "export PATH=/usr/sbin:/usr/bin:/sbin:/bin\n\
-                 modprobe virtio_net\n\
-                 for i in $(seq 1 50); do [ -e /sys/class/net/eth0 ] && break; sleep 0.1; done\n\
-                 if ! ip -4 addr show dev eth0 | grep -q 10.0.2.15; then\n\
-                   ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2\n\
-                 fi",
-            )
-            .unwrap();
-        assert_eq!(
-            out.code, 0,
-            "L1's user network: {}{}",
-            out.stdout, out.stderr
-        );
-
         let kernel = GuestKernel::locate().unwrap().vmlinux();
         let config = format!(
             r#"[agent]

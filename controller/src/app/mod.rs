@@ -163,13 +163,7 @@ impl App {
             return Ok(());
         }
         let m = &self.config.messaging;
-        let options = mica_rpc::RpcOptions {
-            connection_name: Some("mica-controller api".to_owned()),
-            namespace: m.namespace.clone(),
-            queue_expiry: (m.queue_expiry_secs > 0)
-                .then(|| std::time::Duration::from_secs(m.queue_expiry_secs)),
-            ..mica_rpc::RpcOptions::default()
-        };
+        let options = crate::roles::rpc_options(m, "mica-controller api");
         let rpc = mica_rpc::Rpc::connect_with(&m.transport_url, options)
             .await
             .map_err(|e| {

@@ -11,117 +11,46 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use mica::cloud::Cloud;
+use mica::compute::{NestedCompute, NestedComputeOptions};
+use reqwest::Method;
 use serde_json::{Value, json};
 
-struct Api {
-    http: reqwest::Client,
-    token: String,
-    compute: String,
-    network: String,
-    image: String,
-    project: String,
+#[path = "../tests/common/distributed.rs"]
+mod distributed;
+
+use distributed::{ADMIN_PASSWORD, Distributed};
+
+async fn create(api: &Cloud, name: &str, image: &str, net: &str) -> String {
+    let body = json!({"server": {"name": name, "imageRef": image, "flavorRef": "42",
+        "networks": [{"uuid": net}]}});
+    let (status, v) = api
+        .call(Method::POST, "compute", "/servers", Some(body))
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 202, "create {name}: {v}");
+    v["server"]["id"].as_str().unwrap().to_owned()
 }
 
-impl Api {
-    async fn login(identity: &str, password: &str) -> Api {
-        let http = reqwest::Client::new();
-        let resp = http
-            .post(format!("{identity}/auth/tokens"))
-            .json(&json!({"auth": {
-                "identity": {"methods": ["password"], "password": {"user": {
-                    "name": "admin", "domain": {"id": "default"}, "password": password}}},
-                "scope": {"project": {"name": "admin", "domain": {"id": "default"}}}}}))
-            .send()
+async fn status(api: &Cloud, id: &str) -> String {
+    let (_, v) = api
+        .call(Method::GET, "compute", &format!("/servers/{id}"), None)
+        .await
+        .unwrap();
+    v["server"]["status"].as_str().unwrap_or("GONE").to_owned()
+}
+
+async fn delete_all(api: &Cloud, ids: &[String]) {
+    for id in ids {
+        api.call(Method::DELETE, "compute", &format!("/servers/{id}"), None)
             .await
             .unwrap();
-        assert!(resp.status().is_success(), "login: {}", resp.status());
-        let token = resp.headers()["x-subject-token"]
-            .to_str()
-            .unwrap()
-            .to_owned();
-        let v: Value = resp.json().await.unwrap();
-        let url = |kind: &str| {
-            v["token"]["catalog"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|s| s["type"] == kind)
-                .and_then(|s| {
-                    s["endpoints"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .find(|e| e["interface"] == "public")
-                })
-                .map(|e| e["url"].as_str().unwrap().trim_end_matches('/').to_owned())
-                .unwrap()
-        };
-        Api {
-            compute: url("compute"),
-            network: url("network"),
-            image: url("image"),
-            project: v["token"]["project"]["id"].as_str().unwrap().to_owned(),
-            http,
-            token,
-        }
     }
-
-    async fn req(&self, method: reqwest::Method, url: String, body: Option<Value>) -> (u16, Value) {
-        let mut r = self
-            .http
-            .request(method, url)
-            .header("X-Auth-Token", &self.token)
-            .header("OpenStack-API-Version", "compute 2.96");
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let resp = r.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn create(&self, name: &str, image: &str, net: &str) -> String {
-        let (status, v) = self
-            .req(
-                reqwest::Method::POST,
-                format!("{}/servers", self.compute),
-                Some(
-                    json!({"server": {"name": name, "imageRef": image, "flavorRef": "42",
-                    "networks": [{"uuid": net}]}}),
-                ),
-            )
-            .await;
-        assert_eq!(status, 202, "create {name}: {v}");
-        v["server"]["id"].as_str().unwrap().to_owned()
-    }
-
-    async fn status(&self, id: &str) -> String {
-        let (_, v) = self
-            .req(
-                reqwest::Method::GET,
-                format!("{}/servers/{id}", self.compute),
-                None,
-            )
-            .await;
-        v["server"]["status"].as_str().unwrap_or("GONE").to_owned()
-    }
-
-    async fn delete_all(&self, ids: &[String]) {
-        for id in ids {
-            self.req(
-                reqwest::Method::DELETE,
-                format!("{}/servers/{id}", self.compute),
-                None,
-            )
-            .await;
-        }
-        let deadline = Instant::now() + Duration::from_secs(600);
-        for id in ids {
-            while self.status(id).await != "GONE" {
-                assert!(Instant::now() < deadline, "{id} not deleted");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    for id in ids {
+        while status(api, id).await != "GONE" {
+            assert!(Instant::now() < deadline, "{id} not deleted");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }
@@ -182,41 +111,37 @@ struct Measured {
 }
 
 /// Warm-up, `sequential` creates one at a time, then `burst` at once.
-async fn measure(api: &Api, sequential: usize, burst: usize) -> Measured {
-    api.req(
-        reqwest::Method::PUT,
-        format!("{}/os-quota-sets/{}", api.compute, api.project),
+async fn measure(api: &Cloud, sequential: usize, burst: usize) -> Measured {
+    api.call(
+        Method::PUT,
+        "compute",
+        &format!("/os-quota-sets/{}", api.project_id),
         Some(json!({"quota_set": {"instances": -1, "cores": -1, "ram": -1}})),
     )
-    .await;
+    .await
+    .unwrap();
     let (_, imgs) = api
-        .req(
-            reqwest::Method::GET,
-            format!("{}/v2/images?name=tiny", api.image),
-            None,
-        )
-        .await;
+        .call(Method::GET, "image", "/v2/images?name=tiny", None)
+        .await
+        .unwrap();
     let image = imgs["images"][0]["id"].as_str().unwrap().to_owned();
     let (_, nets) = api
-        .req(
-            reqwest::Method::GET,
-            format!("{}/v2.0/networks?name=shared", api.network),
-            None,
-        )
-        .await;
+        .call(Method::GET, "network", "/v2.0/networks?name=shared", None)
+        .await
+        .unwrap();
     let net = nets["networks"][0]["id"].as_str().unwrap().to_owned();
 
     // Warm-up: the image reaches the host's cache. (A host that has just
     // registered may not have reported its inventory yet: try again.)
     for attempt in 1.. {
-        let w = api.create("warm-up", &image, &net).await;
+        let w = create(api, "warm-up", &image, &net).await;
         let status = loop {
-            match api.status(&w).await.as_str() {
+            match status(api, &w).await.as_str() {
                 s @ ("ACTIVE" | "ERROR") => break s.to_owned(),
                 _ => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         };
-        api.delete_all(&[w]).await;
+        delete_all(api, &[w]).await;
         if status == "ACTIVE" {
             break;
         }
@@ -231,16 +156,16 @@ async fn measure(api: &Api, sequential: usize, burst: usize) -> Measured {
     let mut times = Vec::new();
     for i in 0..sequential {
         let t = Instant::now();
-        let id = api.create(&format!("seq-{i}"), &image, &net).await;
+        let id = create(api, &format!("seq-{i}"), &image, &net).await;
         loop {
-            match api.status(&id).await.as_str() {
+            match status(api, &id).await.as_str() {
                 "ACTIVE" => break,
                 "ERROR" => panic!("seq-{i} went to ERROR"),
                 _ => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         }
         times.push(t.elapsed().as_secs_f64() * 1000.0);
-        api.delete_all(&[id]).await;
+        delete_all(api, &[id]).await;
     }
     times.sort_by(f64::total_cmp);
     eprintln!("sequential creates (ms, sorted): {times:.0?}");
@@ -251,7 +176,7 @@ async fn measure(api: &Api, sequential: usize, burst: usize) -> Measured {
         (0..burst)
             .map(|i| {
                 let (image, net) = (&image, &net);
-                async move { api.create(&format!("burst-{i}"), image, net).await }
+                async move { create(api, &format!("burst-{i}"), image, net).await }
             })
             .collect::<Vec<_>>(),
     )
@@ -259,12 +184,9 @@ async fn measure(api: &Api, sequential: usize, burst: usize) -> Measured {
     let accepted = t.elapsed();
     loop {
         let (_, v) = api
-            .req(
-                reqwest::Method::GET,
-                format!("{}/servers/detail", api.compute),
-                None,
-            )
-            .await;
+            .call(Method::GET, "compute", "/servers/detail", None)
+            .await
+            .unwrap();
         let servers = v["servers"].as_array().unwrap();
         if let Some(s) = servers.iter().find(|s| s["status"] == "ERROR") {
             panic!("a burst server went to ERROR: {}", s["fault"]);
@@ -389,11 +311,14 @@ fn all_in_one(sequential: usize, burst: usize) {
     let idle_rss = rss_kib(child.0.id());
 
     rt.block_on(async {
-        let api = Api::login(
+        let api = Cloud::login(
             "http://127.0.0.1:5000/v3",
+            "admin",
             secrets["admin_password"].as_str().unwrap(),
+            "admin",
         )
-        .await;
+        .await
+        .unwrap();
         let m = measure(&api, sequential, burst).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let busy_rss = rss_kib(child.0.id());
@@ -413,17 +338,9 @@ fn all_in_one(sequential: usize, burst: usize) {
                 vmm_sum as f64 / 1024.0 / vmm_n as f64
             );
         }
-        api.delete_all(&m.ids).await;
+        delete_all(&api, &m.ids).await;
     });
     drop(child);
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The distributed mode: `mica-controller api scheduler conductor` on
@@ -431,136 +348,47 @@ fn free_port() -> u16 {
 /// host (release binaries: `cargo build --release -p mica-controller -p
 /// mica-agent -p mica-vmm`).
 fn distributed(sequential: usize, burst: usize) {
-    use mica_tests::nested::{HOST_FROM_L1, NestedHost, NestedOptions};
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let db = rt.block_on(mica_controller::testing::TestDb::create(
-        mica_controller::db::Backend::Postgres,
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    let ns = format!("bench-{}", std::process::id());
-    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
-    let config = dir.path().join("controller.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[database]\nurl = \"{}\"\n\n\
-             [messaging]\ntransport_url = \"amqp://mica:mica@127.0.0.1:5672/mica\"\n\
-             namespace = \"{ns}\"\nqueue_expiry_secs = 600\n\n\
-             [api]\nidentity_listen = \"127.0.0.1:{}\"\ncompute_listen = \"127.0.0.1:{}\"\n\
-             image_listen = \"127.0.0.1:{}\"\nplacement_listen = \"127.0.0.1:{}\"\n\
-             network_listen = \"127.0.0.1:{}\"\nmetadata_listen = \"\"\nconsole_proxy_listen = \"\"\n\n\
-             [image]\nstore_dir = \"{}\"\n\n[log]\nlevel = \"warn\"\n\n\
-             [bootstrap]\nadmin_password = \"admin-secret\"\n",
-            db.url,
-            ports[0],
-            ports[1],
-            ports[2],
-            ports[3],
-            ports[4],
-            dir.path().join("images").display()
-        ),
-    )
-    .unwrap();
-    let ctl = mica_tests::artifacts::workspace_binary("mica-controller").unwrap();
-    for step in [&["db", "sync"][..], &["bootstrap"][..]] {
-        let out = Command::new(&ctl)
-            .arg("--config")
-            .arg(&config)
-            .args(step)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{step:?}: {out:?}");
-    }
-    let started = Instant::now();
-    let controller = Guard(
-        Command::new(&ctl)
-            .arg("--config")
-            .arg(&config)
-            .args(["api", "scheduler", "conductor"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("controller.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    while std::net::TcpStream::connect(("127.0.0.1", ports[0])).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the API did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let identity = format!("http://127.0.0.1:{}/v3", ports[0]);
-    let out = Command::new(env!("CARGO_BIN_EXE_mica"))
-        .args(["init", "--identity-url", &identity, "--image-internal-url"])
-        .arg(format!("http://{HOST_FROM_L1}:{}", ports[2]))
-        .arg("--clouds-yaml")
-        .arg(dir.path().join("clouds.yaml"))
-        .env("MICA_ADMIN_PASSWORD", "admin-secret")
-        .env("MICA_DEMO_PASSWORD", "demo-secret")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "mica init: {out:?}");
-
-    let mut opts = NestedOptions::new("bench-dist");
-    opts.memory_mib = 10240;
-    opts.host_ports = vec![5672, ports[2]];
-    let host = NestedHost::boot(opts).unwrap();
-    let out = host
-        .run(
-            "export PATH=/usr/sbin:/usr/bin:/sbin:/bin\n\
-             modprobe virtio_net\n\
-             for i in $(seq 1 50); do [ -e /sys/class/net/eth0 ] && break; sleep 0.1; done\n\
-             if ! ip -4 addr show dev eth0 | grep -q 10.0.2.15; then\n\
-               ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2\n\
-             fi",
-        )
-        .unwrap();
-    assert_eq!(out.code, 0, "{out:?}");
-    let vmm = mica_tests::artifacts::workspace_binary("mica-vmm").unwrap();
-    let agent = mica_tests::artifacts::workspace_binary("mica-agent").unwrap();
-    let kernel = mica_tests::artifacts::GuestKernel::locate()
-        .unwrap()
-        .vmlinux();
-    std::fs::write(
-        host.shared_dir().join("agent.toml"),
-        format!(
-            "[agent]\nhost = \"bench-dist\"\nstate_dir = \"/var/lib/mica\"\nrun_dir = \"/run/mica\"\n\
-             log_level = \"warn\"\n\n\
-             [rpc]\nurl = \"amqp://mica:mica@{HOST_FROM_L1}:5672/mica\"\nnamespace = \"{ns}\"\n\
-             queue_expiry_s = 600\n\n\
-             [vmm]\nbinary = \"{}\"\nkernel = \"{}\"\n\
-             cmdline = \"console=ttyS0 reboot=k panic=1 root=/dev/vda rw quiet\"\n\
-             extra_cmdline = \"noxsave\"\n\n\
-             [resources]\nreserved_host_memory_mb = 384\ncpu_allocation_ratio = 32.0\n\
-             disk_allocation_ratio = 20.0\n",
-            vmm.display(),
-            kernel.display()
-        ),
-    )
-    .unwrap();
-    host.spawn(&format!(
-        "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
-         exec {} --config /mica-job/agent.toml > /mica-job/agent.log 2>&1",
-        agent.display()
-    ))
+    let dist = Distributed::start(&rt, "warn");
+    let bin = |b: &str| mica_tests::artifacts::workspace_binary(b).unwrap();
+    let compute = NestedCompute::start(&NestedComputeOptions {
+        name: "bench-dist".into(),
+        memory_mib: 10240,
+        amqp_url: "amqp://mica:mica@127.0.0.1:5672/mica".into(),
+        namespace: dist.namespace.clone(),
+        image_port: dist.image_port,
+        agent_bin: bin("mica-agent"),
+        vmm_bin: bin("mica-vmm"),
+        kernel: mica_tests::artifacts::GuestKernel::locate()
+            .unwrap()
+            .vmlinux(),
+        // 50 m1.nano: 50 vCPUs on a host of 2.
+        agent_sets: [
+            "agent.log_level=warn",
+            "rpc.queue_expiry_s=600",
+            "resources.cpu_allocation_ratio=32",
+        ]
+        .map(String::from)
+        .to_vec(),
+        saved_state: None,
+        shared_lock: false,
+    })
     .unwrap();
 
     rt.block_on(async {
-        let api = Api::login(&identity, "admin-secret").await;
+        let api = Cloud::login(&dist.identity, "admin", ADMIN_PASSWORD, "admin")
+            .await
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let (_, v) = api
-                .req(
-                    reqwest::Method::GET,
-                    format!("{}/os-hypervisors/detail", api.compute),
-                    None,
-                )
-                .await;
+                .call(Method::GET, "compute", "/os-hypervisors/detail", None)
+                .await
+                .unwrap();
             if v["hypervisors"]
                 .as_array()
                 .is_some_and(|h| h.iter().any(|h| h["state"] == "up"))
@@ -572,9 +400,8 @@ fn distributed(sequential: usize, burst: usize) {
         }
         let m = measure(&api, sequential, burst).await;
         print_creates("distributed", &m, burst);
-        api.delete_all(&m.ids).await;
+        delete_all(&api, &m.ids).await;
     });
-    drop(host);
-    drop(controller);
-    drop(db);
+    compute.stop(None);
+    drop(dist);
 }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::up::{Secrets, write_private};
+use crate::up::write_private;
 
 /// The flavors of the first start: Nova's m1.tiny and m1.small, and m1.nano
 /// for microVMs (name, id, vCPUs, MiB, GB).
@@ -28,6 +28,8 @@ pub struct Cloud {
     token: String,
     /// Public URLs from the token's catalog, by service type.
     catalog: Vec<(String, String)>,
+    /// The project the token is scoped to.
+    pub project_id: String,
 }
 
 impl Cloud {
@@ -76,10 +78,15 @@ impl Cloud {
                 }
             }
         }
+        let project_id = v["token"]["project"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         Ok(Cloud {
             http,
             token,
             catalog,
+            project_id,
         })
     }
 
@@ -224,7 +231,7 @@ fn find_named<'a>(list: &'a Value, key: &str, name: &str) -> Option<&'a Value> {
 /// endpoint.
 pub async fn first_start(
     admin: &Cloud,
-    secrets: &Secrets,
+    demo_password: &str,
     image_internal: Option<&str>,
 ) -> Result<()> {
     // The demo project and user (member).
@@ -258,7 +265,7 @@ pub async fn first_start(
                     Method::PATCH,
                     "identity",
                     &format!("/users/{id}"),
-                    Some(json!({"user": {"password": secrets.demo_password}})),
+                    Some(json!({"user": {"password": demo_password}})),
                 )
                 .await?;
             id
@@ -270,7 +277,7 @@ pub async fn first_start(
                     "identity",
                     "/users",
                     Some(json!({"user": {"name": "demo", "domain_id": "default",
-                        "password": secrets.demo_password,
+                        "password": demo_password,
                         "default_project_id": demo_project}})),
                 )
                 .await?;
@@ -355,7 +362,7 @@ pub async fn first_start(
         )
         .await?;
     let identity = admin.url("identity")?.to_owned();
-    let demo = Cloud::login(&identity, "demo", &secrets.demo_password, "demo").await?;
+    let demo = Cloud::login(&identity, "demo", demo_password, "demo").await?;
     demo.ok(
         Method::GET,
         "network",
@@ -484,7 +491,8 @@ pub fn write_clouds_yaml(
     wanted: Option<&Path>,
     state: &Path,
     identity: &str,
-    secrets: &Secrets,
+    admin_password: &str,
+    demo_password: &str,
 ) -> Result<PathBuf> {
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
     let wanted = wanted.map_or_else(
@@ -518,8 +526,8 @@ pub fn write_clouds_yaml(
     let text = format!(
         "{CLOUDS_MARK} (state {}): it rewrites this file at each start.\nclouds:\n{}{}",
         state.display(),
-        cloud("admin", &secrets.admin_password, "admin"),
-        cloud("demo", &secrets.demo_password, "demo"),
+        cloud("admin", admin_password, "admin"),
+        cloud("demo", demo_password, "demo"),
     );
     write_private(&path, &text)?;
     Ok(path)

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use mica_agent::{Agent, AgentOptions, VmmBackend};
 use mica_controller::config::Config as ControllerConfig;
-use mica_rpc::{Rpc, RpcOptions};
-use mica_tests::nested::{HOST_FROM_L1, NestedHost, NestedOptions};
+use mica_rpc::Rpc;
+use mica_tests::nested::{HOST_FROM_L1, JobOutput, NestedHost, NestedOptions};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -55,9 +55,9 @@ pub fn probe_kvm() -> Kvm {
     Kvm::Hardware
 }
 
-/// A folder next to this executable (where `cargo build` puts the workspace's
-/// binaries).
-fn sibling_binary(name: &str) -> Result<PathBuf> {
+/// A binary next to this executable (where `cargo build` puts the
+/// workspace's binaries).
+pub fn sibling_binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe.with_file_name(name);
     if !path.exists() {
@@ -77,6 +77,168 @@ fn host_name() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+/// How to start a [`NestedCompute`].
+#[derive(Debug, Clone)]
+pub struct NestedComputeOptions {
+    /// The agent's host name (and the nested host's, in logs).
+    pub name: String,
+    pub memory_mib: u32,
+    /// RabbitMQ as this machine sees it (`amqp://…@127.0.0.1:5672/vhost`);
+    /// the agent reaches it through the nested host's user network.
+    pub amqp_url: String,
+    /// The bus namespace of the controller.
+    pub namespace: String,
+    /// The image API's port on this machine's loopback.
+    pub image_port: u16,
+    pub agent_bin: PathBuf,
+    pub vmm_bin: PathBuf,
+    /// The guest kernel for raw images.
+    pub kernel: PathBuf,
+    /// `--set section.key=value` overrides of the agent's configuration.
+    pub agent_sets: Vec<String>,
+    /// The agent's state saved by [`NestedCompute::stop`], restored first
+    /// when the file exists.
+    pub saved_state: Option<PathBuf>,
+    /// Run alongside other nested hosts that share the machine lock.
+    pub shared_lock: bool,
+}
+
+/// A compute host in the nested test host: L1 (a QEMU guest with a KVM of its
+/// own) running the real `mica-agent` over RabbitMQ.
+pub struct NestedCompute {
+    pub name: String,
+    pub host: NestedHost,
+}
+
+impl NestedCompute {
+    /// Boots L1, restores the saved agent state if any, writes the agent's
+    /// configuration and starts it (a background job). Blocking.
+    pub fn start(o: &NestedComputeOptions) -> Result<NestedCompute> {
+        let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
+        let port = |url: &str| {
+            url.rsplit(':')
+                .next()
+                .and_then(|p| p.split('/').next())
+                .and_then(|p| p.parse().ok())
+        };
+        let amqp_port: u16 = port(&o.amqp_url).unwrap_or(5672);
+        let amqp = o
+            .amqp_url
+            .replace("@127.0.0.1:", &format!("@{HOST_FROM_L1}:"))
+            .replace("@localhost:", &format!("@{HOST_FROM_L1}:"));
+        let config = format!(
+            "[agent]\nhost = {host}\nstate_dir = \"/var/lib/mica\"\nrun_dir = \"/run/mica\"\n\
+             report_interval_s = 10\nsync_power_state_interval_s = 60\n\n\
+             [rpc]\nurl = {amqp}\nnamespace = {ns}\n\n\
+             [vmm]\nbinary = {vmm}\nkernel = {kernel}\n\
+             cmdline = \"console=ttyS0 reboot=k panic=1 root=/dev/vda rw quiet\"\n\
+             # L1's KVM (in QEMU's software CPU) cannot give guests XSAVE.\n\
+             extra_cmdline = \"noxsave\"\nshutdown_timeout_s = 30\nstart_timeout_s = 60\n\n\
+             [resources]\nreserved_host_memory_mb = 384\n\
+             # L1's disk is memory (a tmpfs of half its size) and root disks\n\
+             # are sparse copies: overcommit it as thin provisioning would.\n\
+             disk_allocation_ratio = 20.0\n",
+            host = quote(&o.name),
+            amqp = quote(&amqp),
+            ns = quote(&o.namespace),
+            vmm = quote(&o.vmm_bin.display().to_string()),
+            kernel = quote(&o.kernel.display().to_string()),
+        );
+
+        let mut opts = NestedOptions::new(&o.name);
+        opts.memory_mib = o.memory_mib;
+        opts.host_ports = vec![amqp_port, o.image_port];
+        opts.shared_lock = o.shared_lock;
+        tracing::info!(
+            memory_mib = o.memory_mib,
+            "booting the nested test host for the compute agent"
+        );
+        let host = NestedHost::boot(opts)?;
+        if !host.ready_line().contains("kvm=yes") {
+            bail!("the nested test host has no KVM: {}", host.ready_line());
+        }
+        tracing::info!(took = ?host.boot_time(), ready = host.ready_line(), "nested test host ready");
+        let compute = NestedCompute {
+            name: o.name.clone(),
+            host,
+        };
+        if let Some(saved) = o.saved_state.as_deref().filter(|p| p.exists()) {
+            // What the agent had when it was last stopped.
+            std::fs::copy(saved, compute.host.shared_dir().join("compute-state.tar"))?;
+            let out = compute.sh(
+                "tar --sparse -C /var/lib -xf /mica-job/compute-state.tar && rm /mica-job/compute-state.tar",
+            )?;
+            if out.code != 0 {
+                bail!(
+                    "restoring the compute host's state: {}{}",
+                    out.stdout,
+                    out.stderr
+                );
+            }
+            tracing::info!(from = %saved.display(), "restored the compute host's state");
+        }
+        std::fs::write(compute.host.shared_dir().join("agent.toml"), config)?;
+        std::fs::write(compute.log_path(), "")?;
+        // A background job: the agent runs until it is told to stop.
+        compute.host.spawn(&format!(
+            "{PATH}echo $$ > /mica-job/agent.pid\n\
+             exec {} --config /mica-job/agent.toml{} >> /mica-job/agent.log 2>&1",
+            o.agent_bin.display(),
+            o.agent_sets
+                .iter()
+                .map(|s| format!(" --set '{}'", s.replace('\'', "")))
+                .collect::<String>()
+        ))?;
+        Ok(compute)
+    }
+
+    /// Runs a bash script on the compute host (the usual PATH set).
+    pub fn sh(&self, script: &str) -> Result<JobOutput> {
+        self.host
+            .run_timeout(&format!("{PATH}{script}"), Duration::from_secs(300))
+    }
+
+    /// The agent's log file, as this machine sees it.
+    pub fn log_path(&self) -> PathBuf {
+        self.host.shared_dir().join("agent.log")
+    }
+
+    /// Stops the agent, saves its state to `save_to` (if given) and powers
+    /// the nested host off. Blocking.
+    pub fn stop(self, save_to: Option<&Path>) {
+        let mut script = String::from(
+            "pid=$(cat /mica-job/agent.pid)\n\
+             kill -TERM $pid 2>/dev/null\n\
+             for i in $(seq 1 200); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done\n",
+        );
+        if save_to.is_some() {
+            // L1's disk is memory: the state leaves it for this machine.
+            script.push_str("tar --sparse -C /var/lib -cf /mica-job/compute-state.tar mica\n");
+        }
+        match (self.sh(&script), save_to) {
+            (Ok(o), Some(to)) if o.code == 0 => {
+                let tar = self.host.shared_dir().join("compute-state.tar");
+                match std::fs::copy(&tar, to) {
+                    Ok(_) => {
+                        tracing::info!(saved = %to.display(), "the compute host's state is kept")
+                    }
+                    Err(e) => {
+                        tracing::error!("keeping the compute host's state in {}: {e}", to.display())
+                    }
+                }
+            }
+            (Ok(o), _) if o.code != 0 => {
+                tracing::error!("stopping the compute agent: {}{}", o.stdout, o.stderr)
+            }
+            (Err(e), _) => tracing::error!("stopping the compute agent: {e:#}"),
+            _ => {}
+        }
+    }
+}
+
+/// The PATH of the compute host's jobs.
+const PATH: &str = "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n";
+
 /// The running compute host.
 pub enum ComputeHost {
     Local {
@@ -84,8 +246,7 @@ pub enum ComputeHost {
         agent: Agent,
     },
     Nested {
-        name: String,
-        host: Box<NestedHost>,
+        compute: Box<NestedCompute>,
         stop_log: Arc<AtomicBool>,
         /// Where the agent's state (instance disks, image cache, records)
         /// is kept while the nested host is down.
@@ -106,122 +267,68 @@ impl ComputeHost {
         let kernel = mica_tests::artifacts::GuestKernel::locate()
             .context("Mica's guest kernel (run `make setup`)")?
             .vmlinux();
-        let vmm = sibling_binary("mica-vmm")?;
-        let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
-        match mode {
-            ComputeMode::Nested => {
-                let name = format!("{}-nested", host_name());
-                let agent_bin = sibling_binary("mica-agent")?;
-                let amqp = args
-                    .nested_amqp_url
-                    .replace("@127.0.0.1:", &format!("@{HOST_FROM_L1}:"))
-                    .replace("@localhost:", &format!("@{HOST_FROM_L1}:"));
-                let amqp_port = args
-                    .nested_amqp_url
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.split('/').next())
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or(5672u16);
-                let image_port: u16 = controller
+        let vmm_bin = sibling_binary("mica-vmm")?;
+        if mode == ComputeMode::Nested {
+            let saved = state.join("nested-compute.tar");
+            let options = NestedComputeOptions {
+                name: format!("{}-nested", host_name()),
+                memory_mib: args.nested_memory_mib,
+                amqp_url: args.nested_amqp_url.clone(),
+                namespace: secrets.namespace.clone(),
+                image_port: controller
                     .api
                     .image_listen
                     .rsplit(':')
                     .next()
                     .and_then(|p| p.parse().ok())
-                    .context("[api] image_listen has no port")?;
-                let agent_toml = format!(
-                    "[agent]\nhost = {host}\nstate_dir = \"/var/lib/mica\"\nrun_dir = \"/run/mica\"\n\
-                     report_interval_s = 10\nsync_power_state_interval_s = 60\n\
-                     log_level = \"info\"\n\n\
-                     [rpc]\nurl = {amqp}\nnamespace = {ns}\n\n\
-                     [vmm]\nbinary = {vmm}\nkernel = {kernel}\n\
-                     cmdline = \"console=ttyS0 reboot=k panic=1 root=/dev/vda rw quiet\"\n\
-                     # L1's KVM (in QEMU's software CPU) cannot give guests XSAVE.\n\
-                     extra_cmdline = \"noxsave\"\nshutdown_timeout_s = 30\nstart_timeout_s = 60\n\n\
-                     [resources]\nreserved_host_memory_mb = 384\n\
-                     # L1's disk is memory (a tmpfs of half its size) and root disks\n\
-                     # are sparse copies: overcommit it as thin provisioning would.\n\
-                     disk_allocation_ratio = 20.0\n",
-                    host = quote(&name),
-                    amqp = quote(&amqp),
-                    ns = quote(&secrets.namespace),
-                    vmm = quote(&vmm.display().to_string()),
-                    kernel = quote(&kernel.display().to_string()),
-                );
-                let memory = args.nested_memory_mib;
-                let agent_bin2 = agent_bin.clone();
-                let agent_sets = args.agent_set.clone();
-                let saved = state.join("nested-compute.tar");
-                let saved2 = saved.clone();
-                let (host, log) = tokio::task::spawn_blocking(move || {
-                    boot_nested(
-                        memory,
-                        vec![amqp_port, image_port],
-                        &agent_toml,
-                        &agent_bin2,
-                        &agent_sets,
-                        &saved2,
-                    )
-                })
-                .await??;
-                let stop_log = Arc::new(AtomicBool::new(false));
-                follow_log(log, stop_log.clone());
-                Ok(ComputeHost::Nested {
-                    name,
-                    host: Box::new(host),
-                    stop_log,
-                    saved,
-                })
-            }
-            _ => {
-                let name = host_name();
-                let overrides = vec![
-                    format!("agent.host={}", quote(&name)),
-                    format!(
-                        "agent.state_dir={}",
-                        quote(&state.join("compute").display().to_string())
-                    ),
-                    format!(
-                        "agent.run_dir={}",
-                        quote(&state.join("run").display().to_string())
-                    ),
-                    format!("rpc.url={}", quote(&controller.messaging.transport_url)),
-                    format!("rpc.namespace={}", quote(&secrets.namespace)),
-                    format!("vmm.binary={}", quote(&vmm.display().to_string())),
-                    format!("vmm.kernel={}", quote(&kernel.display().to_string())),
-                ];
-                let overrides = [overrides, args.agent_set.clone()].concat();
-                let config = mica_agent::config::Config::parse("", "mica up", &overrides)
-                    .map_err(|e| anyhow::anyhow!("the agent's configuration: {e}"))?;
-                let options = AgentOptions::from_config(&config);
-                let agent_rpc = if controller.messaging.transport_url.starts_with("memory:") {
-                    rpc
-                } else {
-                    Rpc::connect_with(
-                        &config.rpc.url,
-                        RpcOptions {
-                            namespace: secrets.namespace.clone(),
-                            connection_name: Some(format!("mica-agent {name}")),
-                            ..RpcOptions::default()
-                        },
-                    )
-                    .await?
-                };
-                let backend =
-                    VmmBackend::new(&options.host, &config).map_err(|e| anyhow::anyhow!("{e}"))?;
-                let agent = Agent::start(agent_rpc, options, Arc::new(backend))
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                Ok(ComputeHost::Local { name, agent })
-            }
+                    .context("[api] image_listen has no port")?,
+                agent_bin: sibling_binary("mica-agent")?,
+                vmm_bin,
+                kernel,
+                agent_sets: args.agent_set.clone(),
+                saved_state: Some(saved.clone()),
+                shared_lock: false,
+            };
+            let compute =
+                tokio::task::spawn_blocking(move || NestedCompute::start(&options)).await??;
+            let stop_log = Arc::new(AtomicBool::new(false));
+            follow_log(compute.log_path(), stop_log.clone());
+            return Ok(ComputeHost::Nested {
+                compute: Box::new(compute),
+                stop_log,
+                saved,
+            });
         }
+        // The agent in this process, on the controller's in-process bus.
+        let name = host_name();
+        let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
+        let path = |p: PathBuf| quote(&p.display().to_string());
+        let mut overrides = vec![
+            format!("agent.host={}", quote(&name)),
+            format!("agent.state_dir={}", path(state.join("compute"))),
+            format!("agent.run_dir={}", path(state.join("run"))),
+            format!("rpc.url={}", quote(&controller.messaging.transport_url)),
+            format!("rpc.namespace={}", quote(&secrets.namespace)),
+            format!("vmm.binary={}", path(vmm_bin)),
+            format!("vmm.kernel={}", path(kernel)),
+        ];
+        overrides.extend(args.agent_set.iter().cloned());
+        let config = mica_agent::config::Config::parse("", "mica up", &overrides)
+            .map_err(|e| anyhow::anyhow!("the agent's configuration: {e}"))?;
+        let options = AgentOptions::from_config(&config);
+        let backend =
+            VmmBackend::new(&options.host, &config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let agent = Agent::start(rpc, options, Arc::new(backend))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(ComputeHost::Local { name, agent })
     }
 
     /// The host name the agent serves.
     pub fn name(&self) -> &str {
         match self {
-            ComputeHost::Local { name, .. } | ComputeHost::Nested { name, .. } => name,
+            ComputeHost::Local { name, .. } => name,
+            ComputeHost::Nested { compute, .. } => &compute.name,
         }
     }
 
@@ -239,9 +346,9 @@ impl ComputeHost {
     pub fn describe(&self) -> Value {
         match self {
             ComputeHost::Local { name, .. } => json!({"mode": "local", "host": name}),
-            ComputeHost::Nested { name, host, .. } => json!({
-                "mode": "nested", "host": name,
-                "job_folder": host.shared_dir(),
+            ComputeHost::Nested { compute, .. } => json!({
+                "mode": "nested", "host": compute.name,
+                "job_folder": compute.host.shared_dir(),
             }),
         }
     }
@@ -271,109 +378,20 @@ impl ComputeHost {
         }
     }
 
-    /// Stops the agent (and the nested host with it).
+    /// Stops the agent (and the nested host with it, its state saved).
     pub async fn stop(self) {
         match self {
             ComputeHost::Local { agent, .. } => agent.shutdown().await,
             ComputeHost::Nested {
-                host,
+                compute,
                 stop_log,
                 saved,
-                ..
             } => {
-                let _ = tokio::task::spawn_blocking(move || {
-                    // The agent stops, then its state leaves L1 (whose
-                    // disk is memory) for the state folder.
-                    let out = host.run_timeout(
-                        "pid=$(cat /mica-job/agent.pid)\n\
-                         kill -TERM $pid 2>/dev/null\n\
-                         for i in $(seq 1 200); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done\n\
-                         tar --sparse -C /var/lib -cf /mica-job/compute-state.tar mica",
-                        Duration::from_secs(300),
-                    );
-                    match out {
-                        Ok(o) if o.code == 0 => {
-                            let tar = host.shared_dir().join("compute-state.tar");
-                            if let Err(e) = std::fs::copy(&tar, &saved) {
-                                tracing::error!("keeping the compute host's state in {}: {e}", saved.display());
-                            } else {
-                                tracing::info!(saved = %saved.display(), "the compute host's state is kept");
-                            }
-                        }
-                        Ok(o) => tracing::error!("saving the compute host's state: {}{}", o.stdout, o.stderr),
-                        Err(e) => tracing::error!("saving the compute host's state: {e:#}"),
-                    }
-                    drop(host);
-                })
-                .await;
+                let _ = tokio::task::spawn_blocking(move || compute.stop(Some(&saved))).await;
                 stop_log.store(true, Ordering::SeqCst);
             }
         }
     }
-}
-
-/// Boots the nested host, brings up its user network and starts
-/// `mica-agent` in it. Returns the host and the agent's log file.
-fn boot_nested(
-    memory_mib: u32,
-    host_ports: Vec<u16>,
-    agent_toml: &str,
-    agent_bin: &Path,
-    agent_sets: &[String],
-    saved: &Path,
-) -> Result<(NestedHost, PathBuf)> {
-    let mut opts = NestedOptions::new("mica-up");
-    opts.memory_mib = memory_mib;
-    opts.host_ports = host_ports;
-    tracing::info!(
-        memory_mib,
-        "booting the nested test host for the compute agent"
-    );
-    let host = NestedHost::boot(opts)?;
-    if !host.ready_line().contains("kvm=yes") {
-        bail!("the nested test host has no KVM: {}", host.ready_line());
-    }
-    tracing::info!(took = ?host.boot_time(), ready = host.ready_line(), "nested test host ready");
-    let out = host.run(
-        "export PATH=/usr/sbin:/usr/bin:/sbin:/bin\n\
-         modprobe virtio_net\n\
-         for i in $(seq 1 50); do [ -e /sys/class/net/eth0 ] && break; sleep 0.1; done\n\
-         if ! ip -4 addr show dev eth0 | grep -q 10.0.2.15; then\n\
-           ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2\n\
-         fi",
-    )?;
-    if out.code != 0 {
-        bail!("the nested host's network: {}{}", out.stdout, out.stderr);
-    }
-    if saved.exists() {
-        // What the agent had when the last `mica up` stopped.
-        let tar = host.shared_dir().join("compute-state.tar");
-        std::fs::copy(saved, &tar)?;
-        let out = host.run("tar --sparse -C /var/lib -xf /mica-job/compute-state.tar && rm /mica-job/compute-state.tar")?;
-        if out.code != 0 {
-            bail!(
-                "restoring the compute host's state: {}{}",
-                out.stdout,
-                out.stderr
-            );
-        }
-        tracing::info!(from = %saved.display(), "restored the compute host's state");
-    }
-    std::fs::write(host.shared_dir().join("agent.toml"), agent_toml)?;
-    let log = host.shared_dir().join("agent.log");
-    std::fs::write(&log, "")?;
-    // A background job: the agent runs until it is told to stop.
-    host.spawn(&format!(
-        "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
-         echo $$ > /mica-job/agent.pid\n\
-         exec {} --config /mica-job/agent.toml{} >> /mica-job/agent.log 2>&1",
-        agent_bin.display(),
-        agent_sets
-            .iter()
-            .map(|s| format!(" --set '{}'", s.replace('\'', "")))
-            .collect::<String>()
-    ))?;
-    Ok((host, log))
 }
 
 /// Copies the nested agent's log lines to this process's log.

@@ -151,9 +151,12 @@ pub async fn run(args: UpArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     db.migrate().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let app = Arc::new(App::new(db.clone(), config.clone()).map_err(|e| anyhow::anyhow!("{e}"))?);
-    app.connect_rpc()
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}: is RabbitMQ running ({})?", redact(&transport)))?;
+    app.connect_rpc().await.map_err(|e| {
+        anyhow::anyhow!(
+            "{e}: is RabbitMQ running ({})?",
+            mica_controller::db::redact_url(&transport)
+        )
+    })?;
     mica_controller::app::images::recover_interrupted_uploads(&app)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -187,7 +190,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         )),
         _ => None,
     };
-    cloud::first_start(&cloud, &secrets, image_internal.as_deref()).await?;
+    cloud::first_start(&cloud, &secrets.demo_password, image_internal.as_deref()).await?;
 
     // The compute host.
     let host = ComputeHost::start(mode, &args, &state, &secrets, &config, rpc.clone()).await?;
@@ -198,8 +201,13 @@ pub async fn run(args: UpArgs) -> Result<()> {
         serde_json::to_string_pretty(&host.describe())?,
     )?;
 
-    let clouds =
-        cloud::write_clouds_yaml(args.clouds_yaml.as_deref(), &state, &identity_url, &secrets)?;
+    let clouds = cloud::write_clouds_yaml(
+        args.clouds_yaml.as_deref(),
+        &state,
+        &identity_url,
+        &secrets.admin_password,
+        &secrets.demo_password,
+    )?;
     println!(
         "\nMica is up ({:.1} s): identity {identity_url}, compute host {} ({}).\n\
          \n  export OS_CLIENT_CONFIG_FILE={}   # clouds `mica` (admin) and `mica-demo` (member)\n  \
@@ -246,17 +254,6 @@ fn port_of(listen: &str) -> u16 {
         .unwrap_or(0)
 }
 
-/// Hides a URL's password.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
-            Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-            None => url.to_owned(),
-        },
-        _ => url.to_owned(),
-    }
-}
-
 async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
@@ -269,18 +266,24 @@ async fn shutdown_signal() {
 /// `mica init`: the first-start steps against a running distributed cloud.
 pub async fn init(args: InitArgs) -> Result<()> {
     let identity = args.identity_url.trim_end_matches('/').to_owned();
-    let secrets = Secrets {
-        admin_password: args.admin_password.clone(),
-        demo_password: args.demo_password.clone(),
-        namespace: String::new(),
-    };
-    let cloud = Cloud::login(&identity, "admin", &secrets.admin_password, "admin").await?;
-    cloud::first_start(&cloud, &secrets, args.image_internal_url.as_deref()).await?;
+    let cloud = Cloud::login(&identity, "admin", &args.admin_password, "admin").await?;
+    cloud::first_start(
+        &cloud,
+        &args.demo_password,
+        args.image_internal_url.as_deref(),
+    )
+    .await?;
     let dir = args
         .clouds_yaml
         .parent()
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    let path = cloud::write_clouds_yaml(Some(&args.clouds_yaml), &dir, &identity, &secrets)?;
+    let path = cloud::write_clouds_yaml(
+        Some(&args.clouds_yaml),
+        &dir,
+        &identity,
+        &args.admin_password,
+        &args.demo_password,
+    )?;
     println!(
         "mica init: done; clouds `mica` and `mica-demo` in {}",
         path.display()

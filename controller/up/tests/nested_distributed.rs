@@ -10,107 +10,50 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Cli;
-use mica_controller::db::Backend;
-use mica_controller::testing::TestDb;
-use mica_tests::nested::{HOST_FROM_L1, JobOutput, NestedHost, NestedOptions};
+use common::distributed::Distributed;
+use mica::compute::{NestedCompute, NestedComputeOptions};
+use mica_tests::nested::JobOutput;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child by its pid.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + SECS(30);
-        while self.0.try_wait().unwrap().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn tail(path: &Path, n: usize) -> String {
-    let text = common::read(path);
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// A compute host: a nested test host running `mica-agent`.
-struct Compute {
-    name: String,
-    host: NestedHost,
-}
+/// A compute host: `mica-agent` in a nested test host of its own (sharing
+/// the machine with the other one).
+struct Compute(NestedCompute);
 
 impl Compute {
     fn start(name: &str, namespace: &str, image_port: u16) -> Compute {
-        let mut opts = NestedOptions::new(name);
-        opts.memory_mib = 2560;
-        opts.host_ports = vec![5672, image_port];
-        opts.shared_lock = true;
-        let host = NestedHost::boot(opts).expect("the nested host boots");
-        let out = host
-            .run(
-                "export PATH=/usr/sbin:/usr/bin:/sbin:/bin\n\
-                 modprobe virtio_net\n\
-                 for i in $(seq 1 50); do [ -e /sys/class/net/eth0 ] && break; sleep 0.1; done\n\
-                 if ! ip -4 addr show dev eth0 | grep -q 10.0.2.15; then\n\
-                   ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2\n\
-                 fi",
-            )
-            .unwrap();
-        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
-        let vmm = mica_tests::artifacts::workspace_binary("mica-vmm").unwrap();
-        let agent = mica_tests::artifacts::workspace_binary("mica-agent").unwrap();
-        let kernel = mica_tests::artifacts::GuestKernel::locate()
-            .unwrap()
-            .vmlinux();
-        let config = format!(
-            "[agent]\nhost = \"{name}\"\nstate_dir = \"/var/lib/mica\"\nrun_dir = \"/run/mica\"\n\
-             report_interval_s = 2\nsync_power_state_interval_s = 30\n\n\
-             [rpc]\nurl = \"amqp://mica:mica@{HOST_FROM_L1}:5672/mica\"\nnamespace = \"{namespace}\"\n\
-             queue_expiry_s = 600\n\n\
-             [vmm]\nbinary = \"{}\"\nkernel = \"{}\"\n\
-             cmdline = \"console=ttyS0 reboot=k panic=1 root=/dev/vda rw quiet\"\n\
-             extra_cmdline = \"noxsave\"\nshutdown_timeout_s = 20\nstart_timeout_s = 60\n\n\
-             [resources]\nreserved_host_memory_mb = 256\n# L1 disk is a small tmpfs; root disks are sparse.\ndisk_allocation_ratio = 20.0\n",
-            vmm.display(),
-            kernel.display()
-        );
-        std::fs::write(host.shared_dir().join("agent.toml"), config).unwrap();
-        host.spawn(&format!(
-            "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
-             exec {} --config /mica-job/agent.toml > /mica-job/agent.log 2>&1",
-            agent.display()
-        ))
-        .unwrap();
-        Compute {
+        let bin = |b: &str| mica_tests::artifacts::workspace_binary(b).unwrap();
+        let options = NestedComputeOptions {
             name: name.to_owned(),
-            host,
-        }
+            memory_mib: 2560,
+            amqp_url: "amqp://mica:mica@127.0.0.1:5672/mica".into(),
+            namespace: namespace.to_owned(),
+            image_port,
+            agent_bin: bin("mica-agent"),
+            vmm_bin: bin("mica-vmm"),
+            kernel: mica_tests::artifacts::GuestKernel::locate()
+                .unwrap()
+                .vmlinux(),
+            agent_sets: [
+                "agent.report_interval_s=2",
+                "agent.sync_power_state_interval_s=30",
+                "rpc.queue_expiry_s=600",
+                "vmm.shutdown_timeout_s=20",
+                "resources.reserved_host_memory_mb=256",
+            ]
+            .map(String::from)
+            .to_vec(),
+            saved_state: None,
+            shared_lock: true,
+        };
+        Compute(NestedCompute::start(&options).expect("a nested compute host"))
     }
 
     fn sh(&self, script: &str) -> JobOutput {
-        self.host
-            .run_timeout(
-                &format!("export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n{script}"),
-                SECS(120),
-            )
-            .unwrap()
+        self.0.sh(script).unwrap()
     }
 
     fn vmms(&self) -> usize {
@@ -129,8 +72,11 @@ impl Compute {
             == 0
     }
 
+    /// The end of the agent's log.
     fn log(&self) -> String {
-        tail(&self.host.shared_dir().join("agent.log"), 30)
+        let text = std::fs::read_to_string(self.0.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
     }
 }
 
@@ -143,81 +89,8 @@ fn nested_distributed_two_hosts() {
         .enable_all()
         .build()
         .unwrap();
-    let db = rt.block_on(TestDb::create(Backend::Postgres));
-    let dir = tempfile::tempdir().unwrap();
-    let ns = format!("dist-{}", std::process::id());
-    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
-    let config = dir.path().join("controller.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[database]\nurl = \"{}\"\nmax_connections = 8\n\n\
-             [messaging]\ntransport_url = \"amqp://mica:mica@127.0.0.1:5672/mica\"\n\
-             namespace = \"{ns}\"\nqueue_expiry_secs = 600\n\n\
-             [api]\nidentity_listen = \"127.0.0.1:{}\"\ncompute_listen = \"127.0.0.1:{}\"\n\
-             image_listen = \"127.0.0.1:{}\"\nplacement_listen = \"127.0.0.1:{}\"\n\
-             network_listen = \"127.0.0.1:{}\"\nmetadata_listen = \"\"\nconsole_proxy_listen = \"\"\n\n\
-             [image]\nstore_dir = \"{}\"\n\n\
-             [bootstrap]\nadmin_password = \"admin-secret\"\n",
-            db.url,
-            ports[0],
-            ports[1],
-            ports[2],
-            ports[3],
-            ports[4],
-            dir.path().join("images").display()
-        ),
-    )
-    .unwrap();
-    let ctl_bin = mica_tests::artifacts::workspace_binary("mica-controller").unwrap();
-    for step in [&["db", "sync"][..], &["bootstrap"][..]] {
-        let out = Command::new(&ctl_bin)
-            .arg("--config")
-            .arg(&config)
-            .args(step)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mica-controller {step:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let ctl_log = dir.path().join("controller.log");
-    let _controller = Process(
-        Command::new(&ctl_bin)
-            .arg("--config")
-            .arg(&config)
-            .args(["api", "scheduler", "conductor"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&ctl_log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let identity = format!("http://127.0.0.1:{}/v3", ports[0]);
-    let deadline = Instant::now() + SECS(60);
-    while std::net::TcpStream::connect(("127.0.0.1", ports[0])).is_err() {
-        assert!(Instant::now() < deadline, "{}", tail(&ctl_log, 40));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let clouds = dir.path().join("clouds.yaml");
-    let out = Command::new(env!("CARGO_BIN_EXE_mica"))
-        .args(["init", "--identity-url", &identity, "--image-internal-url"])
-        .arg(format!("http://{HOST_FROM_L1}:{}", ports[2]))
-        .arg("--clouds-yaml")
-        .arg(&clouds)
-        .env("MICA_ADMIN_PASSWORD", "admin-secret")
-        .env("MICA_DEMO_PASSWORD", "demo-secret")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mica init: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let dist = Distributed::start(&rt, "info");
+    let clouds = dist.clouds_yaml.clone();
     let cli = |cloud: &str| {
         let mut env = std::collections::BTreeMap::new();
         env.insert(
@@ -231,8 +104,8 @@ fn nested_distributed_two_hosts() {
     let demo = cli("mica-demo");
 
     // Two compute hosts.
-    let a = Compute::start("dist-a", &ns, ports[2]);
-    let b = Compute::start("dist-b", &ns, ports[2]);
+    let a = Compute::start("dist-a", &dist.namespace, dist.image_port);
+    let b = Compute::start("dist-b", &dist.namespace, dist.image_port);
     let deadline = Instant::now() + SECS(120);
     loop {
         let h = admin.json(&["hypervisor", "list"]).to_string();
@@ -403,7 +276,7 @@ fn nested_distributed_two_hosts() {
             counts,
             ["0", "0"],
             "{}: instance folders / taps left",
-            c.name
+            c.0.name
         );
     }
     assert!(
@@ -412,5 +285,4 @@ fn nested_distributed_two_hosts() {
             .trim()
             .is_empty()
     );
-    drop(db);
 }

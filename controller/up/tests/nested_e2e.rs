@@ -111,7 +111,11 @@ fn nested_all_in_one_end_to_end() {
         key_file.to_str().unwrap(),
         "k1",
     ]);
-    assert!(common::read(&key_file).contains("PRIVATE KEY"));
+    assert!(
+        std::fs::read_to_string(&key_file)
+            .unwrap()
+            .contains("PRIVATE KEY")
+    );
     assert_eq!(pubkey["name"], "k1");
     let created = demo.json(&[
         "server",

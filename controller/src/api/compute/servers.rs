@@ -9,7 +9,7 @@ use super::{Base, Mv, ReqId, next_link};
 use crate::api::{Auth, JsonBody, State, query_pairs};
 use crate::app::App;
 use crate::app::compute::actions::{self, rules};
-use crate::app::compute::common::{isotime, naive_time};
+use crate::app::compute::common::{int_field, isotime, naive_time};
 use crate::app::compute::servers::{self as app, ServerData};
 use crate::context::Context;
 use crate::db::instances::{Action, Event, InstanceRow};
@@ -515,22 +515,8 @@ pub async fn action(
             let length = match arg.get("length") {
                 None | Some(Value::Null) => None,
                 Some(v) => {
-                    let n = match v {
-                        Value::Number(n) => n.as_i64(),
-                        Value::String(s) => s.trim().parse::<i64>().ok(),
-                        _ => None,
-                    }
-                    .ok_or_else(|| {
-                        Error::bad_request(format!(
-                            "Invalid input for field/attribute length. Value: {v}. {v} is not an integer"
-                        ))
-                    })?;
-                    if n < -1 {
-                        return Err(Error::bad_request(format!(
-                            "Invalid input for field/attribute length. Value: {n}. {n} is less than the minimum of -1"
-                        )));
-                    }
-                    (n >= 0).then(|| u32::try_from(n).unwrap_or(u32::MAX))
+                    let n = int_field("length", v, -1, i64::from(u32::MAX))?;
+                    u32::try_from(n).ok()
                 }
             };
             let output = app::console_output(st, &ctx, &id, length).await?;

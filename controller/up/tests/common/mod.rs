@@ -3,22 +3,14 @@
 
 #![allow(dead_code)]
 
+pub mod distributed;
+
 use std::collections::BTreeMap;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-pub fn venv_bin(name: &str) -> PathBuf {
-    let cache = std::env::var("MICA_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/mica"));
-    let p = cache.join("venv/bin").join(name);
-    assert!(p.exists(), "{} is missing: run `make setup`", p.display());
-    p
-}
 
 /// Whether this test can run here (the nested test host and the guest
 /// artifacts; with MICA_REQUIRE_KVM=1 a missing piece fails the test).
@@ -191,7 +183,7 @@ impl Cli {
     }
 
     pub fn run(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(venv_bin("openstack"))
+        let out = Command::new(mica_tests::venv_bin("openstack"))
             .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -247,15 +239,6 @@ impl Cli {
             std::thread::sleep(Duration::from_millis(300));
         }
     }
-}
-
-/// Reads a whole file (for logs).
-pub fn read(path: &Path) -> String {
-    let mut s = String::new();
-    if let Ok(mut f) = std::fs::File::open(path) {
-        let _ = f.read_to_string(&mut s);
-    }
-    s
 }
 
 /// The first IPv4 address of a server (`addresses` of `server show`).
