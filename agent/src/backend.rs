@@ -37,8 +37,6 @@ pub enum Event {
         attempt: u32,
         failure: Failure,
     },
-    /// What the host offers changed (reported to placement soon).
-    ResourcesChanged,
 }
 
 /// Where a backend sends its [`Event`]s.

@@ -327,6 +327,12 @@ impl Inner {
             .join(format!("{vmm_id}.serial"))
     }
 
+    /// Removes the control and serial sockets of a VMM that has ended.
+    fn remove_sockets(&self, vmm_id: &str) {
+        let _ = std::fs::remove_file(self.api_sock(vmm_id));
+        let _ = std::fs::remove_file(self.serial_sock(vmm_id));
+    }
+
     fn vmm(&self, vmm_id: &str) -> Option<Arc<VmmHandle>> {
         self.vmms.lock().expect("vmms").get(vmm_id).cloned()
     }
@@ -538,8 +544,7 @@ impl Inner {
         tracing::warn!(instance = %uuid, vmm = %vmm_id, code = ?exit.code, signal = ?exit.signal, "the VMM ended by itself: the instance is stopped");
         rec.intent = Intent::Stopped;
         let _ = self.store.save(&rec);
-        let _ = std::fs::remove_file(self.api_sock(&vmm_id));
-        let _ = std::fs::remove_file(self.serial_sock(&vmm_id));
+        self.remove_sockets(&vmm_id);
         self.emit(Event::PowerState {
             instance_uuid: uuid.to_owned(),
             vmm_id: None,
@@ -586,7 +591,6 @@ impl Inner {
         rec.intent = Intent::Running;
         self.store.save(&rec)?;
         tracing::info!(image_ms, disks_ms, network_ms, vmm_ms, "build phases");
-        self.emit(Event::ResourcesChanged);
         Ok(match handle.status() {
             VmmStatus::Paused => PowerState::Paused,
             _ => PowerState::Running,
@@ -607,8 +611,7 @@ impl Inner {
         } else if let Ok(h) = VmmHandle::adopt(&self.api_sock(vmm_id), vmm_id, &spec.uuid).await {
             h.stop(None).await;
         }
-        let _ = std::fs::remove_file(self.api_sock(vmm_id));
-        let _ = std::fs::remove_file(self.serial_sock(vmm_id));
+        self.remove_sockets(vmm_id);
         for port in &spec.ports {
             if let Err(e) = self.net.unplug_port(&port.id).await {
                 note(host_failure(
@@ -641,7 +644,6 @@ impl Inner {
                 ));
             }
         }
-        self.emit(Event::ResourcesChanged);
         match first {
             Some(f) => Err(f),
             None => Ok(()),
@@ -693,13 +695,10 @@ impl Inner {
         }
         .await;
         match result {
-            Ok(()) => {
-                self.emit(Event::ResourcesChanged);
-                Ok(ActionOutcome {
-                    vmm_id: Some(vmm_id.to_owned()),
-                    power_state: PowerState::Running,
-                })
-            }
+            Ok(()) => Ok(ActionOutcome {
+                vmm_id: Some(vmm_id.to_owned()),
+                power_state: PowerState::Running,
+            }),
             Err(e) => {
                 rec.intent = Intent::Stopped;
                 let _ = self.store.save(rec);
@@ -739,13 +738,11 @@ impl Inner {
                     let exit = h.stop((!timeout.is_zero()).then_some(timeout)).await;
                     tracing::info!(code = ?exit.code, "instance stopped");
                 }
-                let _ = std::fs::remove_file(self.api_sock(&rec.vmm_id));
-                let _ = std::fs::remove_file(self.serial_sock(&rec.vmm_id));
+                self.remove_sockets(&rec.vmm_id);
                 rec.intent = Intent::Stopped;
                 self.store
                     .save(&rec)
                     .map_err(|e| host_failure("Recording the instance failed", error_chain(&e)))?;
-                self.emit(Event::ResourcesChanged);
                 Ok(ActionOutcome {
                     vmm_id: None,
                     power_state: PowerState::Shutdown,
@@ -810,8 +807,7 @@ impl Inner {
                 if let Some(h) = self.take_vmm(&rec.vmm_id) {
                     h.stop(None).await;
                 }
-                let _ = std::fs::remove_file(self.api_sock(&rec.vmm_id));
-                let _ = std::fs::remove_file(self.serial_sock(&rec.vmm_id));
+                self.remove_sockets(&rec.vmm_id);
                 self.start_vmm(&mut rec, vmm_id).await
             }
             Action::Pause | Action::Suspend | Action::Unpause | Action::Resume => {

@@ -538,7 +538,6 @@ async fn forward_events<B: Backend>(
 ) {
     while let Some(event) = events.recv().await {
         match event {
-            Event::ResourcesChanged => shared.resources_dirty.notify_one(),
             Event::BuildAborted {
                 instance_uuid,
                 vmm_id,

@@ -67,11 +67,6 @@ impl SimulatedBackend {
         }
     }
 
-    /// Seeds the random failures (for reproducible tests).
-    pub fn seed(&self, seed: u64) {
-        *self.rng.lock().expect("rng") = fastrand::Rng::with_seed(seed);
-    }
-
     /// Makes a running instance's pretend VMM die, as `kill -9` would: the
     /// instance becomes SHUTOFF and the agent reports it.
     pub fn crash(&self, instance_uuid: &str) -> bool {

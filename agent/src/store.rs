@@ -20,7 +20,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use mica_rpc::compute::{InstanceSpec, PowerState};
+use mica_rpc::compute::InstanceSpec;
 use serde::{Deserialize, Serialize};
 
 /// The state the instance should be in, as far as this host knows.
@@ -35,17 +35,6 @@ pub enum Intent {
     Suspended,
     /// Stopped by a request, or its VMM died.
     Stopped,
-}
-
-impl Intent {
-    /// The power state of an instance in this state whose VMM is alive.
-    pub fn power_state_if_alive(self) -> PowerState {
-        match self {
-            Intent::Paused => PowerState::Paused,
-            Intent::Suspended => PowerState::Suspended,
-            _ => PowerState::Running,
-        }
-    }
 }
 
 /// One instance (see the module docs).

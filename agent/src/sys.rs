@@ -131,11 +131,6 @@ pub fn new_session(cmd: &mut std::process::Command) {
     }
 }
 
-/// Whether a process with this pid exists (it may be a zombie).
-pub fn process_exists(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
 /// Sends `signal` to `pid` (for processes without a pidfd, such as dnsmasq).
 pub fn kill(pid: u32, signal: i32) -> io::Result<()> {
     // SAFETY: kill(2) takes plain integers.

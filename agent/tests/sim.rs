@@ -186,15 +186,19 @@ async fn every_compute_method_reports_its_outcome() {
         assert_eq!(done.result, Ok(state), "{name}");
         assert_eq!(done.vmm_id.as_deref(), vmm, "{name}");
     }
+    // Unpause and resume of a running instance change nothing (Running).
+    for (req_id, action) in [("req-noop", Action::Unpause), ("req-noop2", Action::Resume)] {
+        conductor
+            .power("sim-2", &uuid, req_id, action)
+            .await
+            .unwrap();
+        let done = conductor
+            .wait_action(req_id, T)
+            .await
+            .expect("action report");
+        assert_eq!(done.result, Ok(PowerState::Running), "{req_id}");
+    }
     // An action the state does not allow fails, and says why.
-    conductor
-        .power("sim-2", &uuid, "req-bad", Action::Unpause)
-        .await
-        .unwrap();
-    conductor
-        .power("sim-2", &uuid, "req-bad2", Action::Resume)
-        .await
-        .unwrap();
     let start_again = Action::Start { vmm_id: new_uuid() };
     conductor
         .power("sim-2", &uuid, "req-bad3", start_again)
@@ -209,6 +213,18 @@ async fn every_compute_method_reports_its_outcome() {
     assert_eq!(t.result, Ok(()));
     assert_eq!(backend.instance_count(), 0);
     conductor.terminate("sim-2", &uuid, 0).await.unwrap();
+    let mut seen = 0;
+    let again = conductor
+        .wait_for(T, |r| match r {
+            Report::Terminated(t) if t.instance_uuid == uuid => {
+                seen += 1;
+                (seen == 2).then(|| t.clone())
+            }
+            _ => None,
+        })
+        .await
+        .expect("a second terminate report");
+    assert_eq!(again.result, Ok(()));
     agent.shutdown().await;
 }
 

@@ -56,9 +56,6 @@ pub fn table_name(tap: &str) -> String {
     format!("mica_{}", tap.replace(['-', '.'], "_"))
 }
 
-/// Prefix of every table the agent makes (for finding leftovers).
-pub const TABLE_PREFIX: &str = "mica_";
-
 /// Checks an interface name (as Linux accepts them, and safe in a ruleset).
 pub fn check_ifname(name: &str) -> Result<(), RuleError> {
     let ok = !name.is_empty()

@@ -38,13 +38,6 @@ pub enum ClientError {
     Refused { status: u16, message: String },
 }
 
-impl ClientError {
-    /// 409: the action does not fit the VM's current state.
-    pub fn is_conflict(&self) -> bool {
-        matches!(self, ClientError::Refused { status: 409, .. })
-    }
-}
-
 /// See the module docs.
 #[derive(Debug, Clone)]
 pub struct VmmClient {
@@ -58,10 +51,6 @@ impl VmmClient {
             path: path.to_owned(),
             timeout: Duration::from_secs(10),
         }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// `GET /vm`.

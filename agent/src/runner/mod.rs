@@ -144,7 +144,6 @@ enum Command {
 /// A running VMM. Dropping the handle stops watching it; the VMM goes on.
 pub struct VmmHandle {
     vmm_id: String,
-    pid: u32,
     client: VmmClient,
     tx: mpsc::Sender<Command>,
     status: watch::Receiver<VmmStatus>,
@@ -298,7 +297,6 @@ impl VmmHandle {
         tokio::spawn(actor.run(rx).instrument(span));
         VmmHandle {
             vmm_id,
-            pid,
             client,
             tx,
             status,
@@ -309,18 +307,9 @@ impl VmmHandle {
         &self.vmm_id
     }
 
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
     /// The last known status.
     pub fn status(&self) -> VmmStatus {
         self.status.borrow().clone()
-    }
-
-    /// A receiver of status changes.
-    pub fn watch(&self) -> watch::Receiver<VmmStatus> {
-        self.status.clone()
     }
 
     /// `GET /vm`, live.
