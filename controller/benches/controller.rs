@@ -608,7 +608,7 @@ async fn run(backend: Backend) {
         };
         row(
             name,
-            "scheduler's candidates() in-process, 1,000 providers (no HTTP)",
+            "placement's candidates() in-process, 1,000 providers (no HTTP)",
             &time(50, scheduler).await,
         );
     }

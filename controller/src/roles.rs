@@ -90,11 +90,6 @@ impl Workers {
         Ok(w)
     }
 
-    /// The scheduler of this process, if it runs one.
-    pub fn scheduler(&self) -> Option<&Arc<Scheduler>> {
-        self.scheduler.as_ref().map(|(s, _, _)| s)
-    }
-
     /// The conductor of this process, if it runs one.
     pub fn conductor(&self) -> Option<&conductor::Running> {
         self.conductor.as_ref()

@@ -693,18 +693,6 @@ impl<C: Send + Sync + 'static> Engine<C> {
         Ok(created)
     }
 
-    /// Creates several sagas of kind `K` in one transaction and starts the
-    /// new ones; returns how many were new.
-    pub async fn create_many<K: SagaKind<C>>(
-        &self,
-        sagas: &[(String, K::Params)],
-    ) -> Result<usize> {
-        let created = self.create_many_deferred::<K>(sagas).await?;
-        let n = created.len();
-        self.launch(created);
-        Ok(n)
-    }
-
     /// Starts sagas created by [`Engine::create_many_deferred`].
     pub fn launch(&self, rows: Vec<SagaRow>) {
         for r in rows {

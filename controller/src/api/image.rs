@@ -326,24 +326,12 @@ async fn list_images(
         let mut q: Vec<String> = params
             .iter()
             .filter(|(k, _)| k != "marker")
-            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+            .map(|(k, v)| format!("{}={}", crate::api::encode(k), crate::api::encode(v)))
             .collect();
         q.push(format!("marker={m}"));
         body["next"] = format!("/v2/images?{}", q.join("&")).into();
     }
     Ok(axum::Json(body).into_response())
-}
-
-fn encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// Creates an image record (`queued`); data comes with `PUT …/file`.

@@ -316,6 +316,19 @@ fn url_decode_pairs(q: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Percent-encodes a query component (unreserved characters kept).
+pub fn encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Decodes `%XX` escapes and `+` (as space) in a query component.
 pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();

@@ -177,6 +177,8 @@ pub async fn get_image(app: &App, ctx: &Context, id: &str) -> Result<Image> {
     let img = store::get_image(&mut conn, id)
         .await?
         .ok_or_else(|| not_found(id))?;
+    // (The visibility check may take a connection of its own.)
+    drop(conn);
     if !visible(app, ctx, &img.row).await? {
         return Err(not_found(id));
     }
@@ -512,12 +514,7 @@ pub async fn update_image(app: &App, ctx: &Context, id: &str, ops: Vec<PatchOp>)
         apply_patch(&mut after, &ops)?;
         check_quotas(app, &after)?;
         check_sensitive_changes(app, ctx, &before.row, &after.row)?;
-        if before.row.visibility == "shared"
-            && after.row.visibility != "shared"
-            && !store::list_members(app.db.pool(), id).await?.is_empty()
-        {
-            // Glance keeps members across visibility changes; so does Mica.
-        }
+        // Glance keeps members across visibility changes; so does Mica.
         let mut tx = app.db.begin().await?;
         if store::update_image(&mut tx, &after).await? {
             tx.commit().await?;

@@ -22,7 +22,7 @@ use mica_rpc::conductor::{ActionFinished, InstanceAction, RunInstanceActionReque
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::build::{cast_terminate, deadline, free_allocations, host_is_up};
+use super::build::{cast_terminate, deadline, free_allocations};
 use super::{Conductor, persist};
 use crate::app::compute::lifecycle;
 use crate::app::compute::states::{power, task, vm};
@@ -281,7 +281,7 @@ async fn p_wait(cx: PCx) -> Result<Value, StepError> {
             )
             .into());
         }
-        if !host_is_up(&cx.ctx, &host).await? {
+        if !cx.ctx.host_is_up(&host).await? {
             return Err(Failure::new(format!("Compute host {host} is down."), "").into());
         }
         if instances::get_instance(cx.ctx.app.db.pool(), &p.instance_uuid)
@@ -511,7 +511,7 @@ async fn d_terminate(cx: DCx) -> Result<Value, StepError> {
     let Some(host) = checked.host.filter(|_| !checked.gone) else {
         return output(&None::<String>);
     };
-    if !host_is_up(&cx.ctx, &host).await? {
+    if !cx.ctx.host_is_up(&host).await? {
         tracing::warn!(instance = %cx.params.instance_uuid, %host, "compute host is down: deleting the instance locally");
         return output(&None::<String>);
     }
@@ -560,7 +560,7 @@ async fn d_wait(cx: DCx) -> Result<Value, StepError> {
             )
             .into());
         }
-        if !host_is_up(&cx.ctx, &host).await? {
+        if !cx.ctx.host_is_up(&host).await? {
             tracing::warn!(instance = %cx.params.instance_uuid, %host, "compute host went down: deleting the instance locally");
             return output(&());
         }

@@ -341,11 +341,6 @@ async fn uncast(cx: Cx) -> Result<(), StepError> {
     cast_terminate(&cx.ctx, &host, &cx.params.instance_uuid, 0).await
 }
 
-/// Whether `host`'s compute service is up now.
-pub async fn host_is_up(c: &Conductor, host: &str) -> Result<bool> {
-    c.host_is_up(host).await
-}
-
 /// How often a waiting step looks at the host and the instance.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -392,7 +387,7 @@ async fn wait(cx: Cx) -> Result<Value, StepError> {
             .with_data(json!({"host": host}))
             .into());
         }
-        if !host_is_up(&cx.ctx, &host).await? {
+        if !cx.ctx.host_is_up(&host).await? {
             return Err(Failure::retryable(
                 format!(
                     "Compute host {host} went down while building instance {}.",

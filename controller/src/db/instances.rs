@@ -805,22 +805,6 @@ impl SortKey {
         })
     }
 
-    /// Keys only admins may sort by (Nova's `SERVER_LIST_IGNORE_SORT_KEY_ADMIN`
-    /// ignores them for others).
-    pub fn admin_only(self) -> bool {
-        matches!(
-            self,
-            SortKey::Host
-                | SortKey::Node
-                | SortKey::LaunchedOn
-                | SortKey::ProjectId
-                | SortKey::UserId
-                | SortKey::KernelId
-                | SortKey::RamdiskId
-                | SortKey::RootDeviceName
-        )
-    }
-
     fn column(self) -> (&'static str, bool) {
         // (never-NULL expression, is text)
         match self {

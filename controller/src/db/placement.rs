@@ -1,7 +1,7 @@
 //! Placement tables: resource providers, inventories, custom resource classes
 //! and traits, provider traits and aggregates, consumers and allocations.
 //!
-//! This is also the placement API the scheduler calls directly (no HTTP):
+//! What the placement API (and the conductor, without HTTP) calls:
 //!
 //! - [`allocation_candidates`] lists the providers that can hold a request,
 //!   each with its generation, inventories, usages and traits;

@@ -132,19 +132,6 @@ pub async fn sagas_of_target<'e>(
     )
 }
 
-/// The sagas in one of `states`, oldest first, at most `limit`.
-pub async fn sagas_in_states<'e>(
-    ex: impl Executor<'e, Database = Any>,
-    states: &[&str],
-    limit: i64,
-) -> Result<Vec<SagaRow>> {
-    let mut q = Sql::new("SELECT * FROM sagas WHERE state IN (");
-    q.bind_list(states.iter().map(|s| s.to_string()))
-        .push(") ORDER BY created_at, id LIMIT ")
-        .bind(limit);
-    q.fetch_all(ex).await
-}
-
 /// The steps a saga reached, in order.
 pub async fn saga_steps<'e>(
     ex: impl Executor<'e, Database = Any>,

@@ -75,19 +75,6 @@ pub async fn changed_providers<'e>(
     .await?)
 }
 
-/// The newest `updated_at` of any provider.
-pub async fn newest_provider_change<'e>(
-    ex: impl Executor<'e, Database = Any>,
-) -> Result<Option<Timestamp>> {
-    Ok(
-        sqlx::query_scalar::<_, Option<Timestamp>>(
-            "SELECT MAX(updated_at) FROM resource_providers",
-        )
-        .fetch_one(ex)
-        .await?,
-    )
-}
-
 /// The root providers (every one, or those of `only`), each with its
 /// generation and usage read in one statement, plus traits and aggregates.
 pub async fn provider_states(

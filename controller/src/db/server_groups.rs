@@ -1,7 +1,7 @@
 //! Server groups and their members.
 //!
-//! The scheduler reads a group's policy and the hosts of its members
-//! ([`group_of_instance`], [`member_hosts`]); the compute API adds members at
+//! The scheduler reads a group's policy ([`group_of_instance`]) and its
+//! members' placements; the compute API adds members at
 //! create time (with the `server_group_members` quota checked under the
 //! project's quota lock) and membership ends when an instance is deleted.
 
@@ -189,21 +189,6 @@ pub async fn group_of_instance(
     .fetch_all(&mut *conn)
     .await?;
     Ok(attach(conn, rows).await?.into_iter().next())
-}
-
-/// (instance uuid, host) of the live members of a group that have a host.
-pub async fn member_hosts<'e>(
-    ex: impl Executor<'e, Database = Any>,
-    group_id: i64,
-) -> Result<Vec<(String, String)>> {
-    Ok(sqlx::query_as(
-        "SELECT i.uuid, i.host FROM server_group_members m JOIN instances i \
-         ON i.uuid = m.instance_uuid WHERE m.group_id = $1 AND i.deleted = FALSE \
-         AND i.host IS NOT NULL ORDER BY i.uuid",
-    )
-    .bind(group_id)
-    .fetch_all(ex)
-    .await?)
 }
 
 /// The group (uuid) of each of `instance_uuids` that is in one.

@@ -299,30 +299,4 @@ impl HostCache {
             _ => false,
         }
     }
-
-    /// Failed builds of `host` as cached.
-    pub fn failed_builds(&self, host: &str) -> u32 {
-        let st = self.state();
-        st.infos.get(host).map_or(0, |i| i.failed_builds)
-    }
-
-    /// Counts a failed build in the cache.
-    pub fn note_failed_build(&self, host: &str) {
-        let mut st = self.state();
-        st.infos.entry(host.to_owned()).or_default().failed_builds += 1;
-        for h in st.hosts.iter_mut().filter(|h| h.host == host) {
-            h.failed_builds += 1;
-        }
-    }
-
-    /// Forgets the failed builds of `host` in the cache.
-    pub fn reset_failed_builds(&self, host: &str) {
-        let mut st = self.state();
-        if let Some(i) = st.infos.get_mut(host) {
-            i.failed_builds = 0;
-        }
-        for h in st.hosts.iter_mut().filter(|h| h.host == host) {
-            h.failed_builds = 0;
-        }
-    }
 }

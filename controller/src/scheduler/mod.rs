@@ -375,47 +375,6 @@ impl Scheduler {
         }
         Ok(None)
     }
-
-    /// Frees the allocations of `instance` (the undo of a claim).
-    pub async fn unclaim(&self, instance: &str) -> Result<()> {
-        let Some((c, allocs)) =
-            crate::db::placement::consumer_allocations(self.app.db.pool(), instance).await?
-        else {
-            return Ok(());
-        };
-        crate::app::placement::claim(
-            &self.app,
-            &[crate::db::placement::Claim {
-                consumer_uuid: instance.to_owned(),
-                project_id: c.project_id,
-                user_id: c.user_id,
-                consumer_generation: crate::db::placement::ConsumerGeneration::Unchecked,
-                allocations: BTreeMap::new(),
-            }],
-            &BTreeMap::new(),
-        )
-        .await?;
-        let providers: BTreeSet<String> = allocs.into_iter().map(|a| a.provider_uuid).collect();
-        let providers: Vec<String> = providers.into_iter().collect();
-        self.cache.reload_providers(&providers).await?;
-        Ok(())
-    }
-
-    /// Counts a failed build on `host` (BuildFailureWeigher).
-    pub async fn build_failed(&self, host: &str) -> Result<()> {
-        store::add_failed_build(self.app.db.pool(), host).await?;
-        self.cache.note_failed_build(host);
-        Ok(())
-    }
-
-    /// Forgets the failed builds of `host` (it built one).
-    pub async fn build_succeeded(&self, host: &str) -> Result<()> {
-        if self.cache.failed_builds(host) != 0 {
-            store::reset_failed_builds(self.app.db.pool(), host).await?;
-            self.cache.reset_failed_builds(host);
-        }
-        Ok(())
-    }
 }
 
 /// The group check of a claim for `instance`.

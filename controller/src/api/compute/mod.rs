@@ -407,23 +407,10 @@ pub fn next_link(
     let mut q: Vec<String> = params
         .iter()
         .filter(|(k, _)| k != "marker")
-        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .map(|(k, v)| format!("{}={}", crate::api::encode(k), crate::api::encode(v)))
         .collect();
-    q.push(format!("marker={}", encode(last)));
+    q.push(format!("marker={}", crate::api::encode(last)));
     Some(json!([{"rel": "next", "href": format!("{base}/v2.1{path}?{}", q.join("&"))}]))
-}
-
-/// Percent-encodes a query component.
-pub fn encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// The OpenAPI document of this API.

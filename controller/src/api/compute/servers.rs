@@ -752,7 +752,7 @@ pub async fn add_tag(
     let mut resp = empty(StatusCode::CREATED);
     if let Ok(v) = HeaderValue::from_str(&format!(
         "{base}/v2.1/servers/{id}/tags/{}",
-        super::encode(&tag)
+        crate::api::encode(&tag)
     )) {
         resp.headers_mut().insert(header::LOCATION, v);
     }

@@ -541,8 +541,7 @@ pub async fn add_security_group(app: &App, ctx: &Context, id: &str, name: &str) 
             Ok(ports)
         })
         .await?;
-    sg_app::push_for_groups(app, std::slice::from_ref(&g.id)).await;
-    sg_app::push_ports(app, &touched).await;
+    sg_app::push_for_groups(app, std::slice::from_ref(&g.id), &touched).await;
     Ok(())
 }
 
@@ -596,8 +595,7 @@ pub async fn remove_security_group(app: &App, ctx: &Context, id: &str, name: &st
             Ok(ports)
         })
         .await?;
-    sg_app::push_for_groups(app, std::slice::from_ref(&g.id)).await;
-    sg_app::push_ports(app, &touched).await;
+    sg_app::push_for_groups(app, std::slice::from_ref(&g.id), &touched).await;
     Ok(())
 }
 

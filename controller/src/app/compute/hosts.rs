@@ -209,7 +209,14 @@ pub struct Hypervisor {
     pub servers: Vec<(String, String)>,
 }
 
-async fn hypervisor(app: &App, node: NodeRow, with_servers: bool) -> Result<Hypervisor> {
+/// `node` as the API shows it; `running` is the live instances per host
+/// ([`instances::count_instances_by_host`], read once per request).
+async fn hypervisor(
+    app: &App,
+    node: NodeRow,
+    with_servers: bool,
+    running: &BTreeMap<String, i64>,
+) -> Result<Hypervisor> {
     let inv = placement::inventories(app.db.pool(), &node.uuid).await?;
     let used = placement::usages(app.db.pool(), &node.uuid).await?;
     let total = |rc: &str, reported: i64| {
@@ -226,9 +233,9 @@ async fn hypervisor(app: &App, node: NodeRow, with_servers: bool) -> Result<Hype
         Some(s) => Some(with_state(app, vec![s]).await?.remove(0)),
         None => None,
     };
-    let on_host = instances::list_instances_on_host(app.db.pool(), &node.host).await?;
     let servers = if with_servers {
-        on_host
+        instances::list_instances_on_host(app.db.pool(), &node.host)
+            .await?
             .iter()
             .filter(|i| {
                 i.node
@@ -250,7 +257,7 @@ async fn hypervisor(app: &App, node: NodeRow, with_servers: bool) -> Result<Hype
             .unwrap_or(node.memory_mb_used),
         local_gb: total("DISK_GB", node.local_gb),
         local_gb_used: used.get("DISK_GB").copied().unwrap_or(node.local_gb_used),
-        running_vms: on_host.len() as i64,
+        running_vms: running.get(&node.host).copied().unwrap_or(0),
         servers,
         service,
         node,
@@ -284,9 +291,10 @@ pub async fn list_hypervisors(
     };
     let limit = limit.map(|l| l.min(app.config.compute.max_limit));
     let nodes = store::list_nodes(app.db.pool(), pattern, after, limit).await?;
+    let running = instances::count_instances_by_host(app.db.pool()).await?;
     let mut out = Vec::new();
     for n in nodes {
-        out.push(hypervisor(app, n, with_servers).await?);
+        out.push(hypervisor(app, n, with_servers, &running).await?);
     }
     Ok(out)
 }
@@ -303,7 +311,8 @@ pub async fn get_hypervisor(
     let node = store::get_node(app.db.pool(), id)
         .await?
         .ok_or_else(|| hypervisor_not_found(id))?;
-    hypervisor(app, node, with_servers).await
+    let running = instances::count_instances_by_host(app.db.pool()).await?;
+    hypervisor(app, node, with_servers, &running).await
 }
 
 // ---- availability zones ------------------------------------------------------------------

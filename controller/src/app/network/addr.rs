@@ -243,13 +243,6 @@ pub fn first_free(cidr: &Cidr, pools: &[Pool], used: &[String]) -> Option<String
     None
 }
 
-/// Whether `ip` is inside one of `pools`.
-pub fn in_pools(pools: &[Pool], ip: u128) -> bool {
-    pools.iter().any(|p| {
-        matches!((parse_ip(&p.start), parse_ip(&p.end)), (Some((a, _)), Some((b, _))) if ip >= a && ip <= b)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

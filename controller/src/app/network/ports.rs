@@ -406,7 +406,7 @@ pub async fn create_port(app: &App, ctx: &Context, p: NewPort) -> Result<Port> {
             Ok(port)
         })
         .await?;
-    security_groups::push_for_groups(app, &port.security_groups).await;
+    security_groups::push_for_groups(app, &port.security_groups, &[]).await;
     Ok(port)
 }
 
@@ -542,8 +542,12 @@ pub async fn update_port(app: &App, ctx: &Context, id: &str, c: PortChanges) -> 
         .await?;
     let mut touched: BTreeSet<String> = old_groups.into_iter().collect();
     touched.extend(groups.unwrap_or_default());
-    security_groups::push_for_groups(app, &touched.into_iter().collect::<Vec<_>>()).await;
-    security_groups::push_ports(app, &[id.to_owned()]).await;
+    security_groups::push_for_groups(
+        app,
+        &touched.into_iter().collect::<Vec<_>>(),
+        &[id.to_owned()],
+    )
+    .await;
     get_port(app, ctx, id).await
 }
 
@@ -568,7 +572,7 @@ pub async fn delete_port(app: &App, ctx: &Context, id: &str) -> Result<()> {
         }
     }
     store::delete_port(app.db.pool(), id).await?;
-    security_groups::push_for_groups(app, &p.security_groups).await;
+    security_groups::push_for_groups(app, &p.security_groups, &[]).await;
     Ok(())
 }
 

@@ -354,7 +354,7 @@ pub async fn delete_group(app: &App, ctx: &Context, id: &str) -> Result<()> {
             Ok(referencing)
         })
         .await?;
-    push_for_groups(app, &referencing).await;
+    push_for_groups(app, &referencing, &[]).await;
     Ok(())
 }
 
@@ -622,7 +622,7 @@ pub async fn create_rule(app: &App, ctx: &Context, mut r: NewRule) -> Result<Rul
             Ok(())
         })
         .await?;
-    push_for_groups(app, std::slice::from_ref(&g.row.id)).await;
+    push_for_groups(app, std::slice::from_ref(&g.row.id), &[]).await;
     Ok(row)
 }
 
@@ -698,7 +698,7 @@ pub async fn delete_rule(app: &App, ctx: &Context, id: &str) -> Result<()> {
             Ok(())
         })
         .await?;
-    push_for_groups(app, std::slice::from_ref(&r.security_group_id)).await;
+    push_for_groups(app, std::slice::from_ref(&r.security_group_id), &[]).await;
     Ok(())
 }
 
@@ -777,25 +777,24 @@ pub async fn specs(
 }
 
 /// Pushes the current security of every bound port affected by a change to
-/// `group_ids` (see the module doc). Never fails the caller.
-pub async fn push_for_groups(app: &App, group_ids: &[String]) {
-    if group_ids.is_empty() {
-        return;
-    }
-    let affected = match store::ports_affected_by(app.db.pool(), group_ids).await {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::warn!(error = ?e, "finding the ports affected by a security group change failed");
-            return;
+/// `group_ids` (see the module doc), and of the ports `also`, each once.
+/// Never fails the caller.
+pub async fn push_for_groups(app: &App, group_ids: &[String], also: &[String]) {
+    let mut ids: std::collections::BTreeSet<String> = also.iter().cloned().collect();
+    if !group_ids.is_empty() {
+        match store::ports_affected_by(app.db.pool(), group_ids).await {
+            Ok(a) => ids.extend(a.into_iter().map(|(p, _, _)| p)),
+            Err(e) => {
+                tracing::warn!(error = ?e, "finding the ports affected by a security group change failed");
+            }
         }
-    };
-    let ids: Vec<String> = affected.into_iter().map(|(p, _, _)| p).collect();
-    push_ports(app, &ids).await;
+    }
+    push_ports(app, &ids.into_iter().collect::<Vec<_>>()).await;
 }
 
 /// Sends `apply_port_security` for each of `port_ids` that is bound to a
 /// host. Never fails the caller.
-pub async fn push_ports(app: &App, port_ids: &[String]) {
+async fn push_ports(app: &App, port_ids: &[String]) {
     use mica_rpc::Topic;
     use mica_rpc::compute::{ApplyPortSecurity, PortSecurityRequest};
     let Ok(rpc) = app.rpc() else {

@@ -1,7 +1,8 @@
 //! Placement: validation and policy over the placement datastore
 //! ([`crate::db::placement`]). Every HTTP operation needs the
-//! `placement:admin` rule; the scheduler calls [`claim`] and
-//! [`candidates`] (or the datastore) directly.
+//! `placement:admin` rule; the conductor calls [`claim`] directly (to free
+//! allocations). The scheduler reads and claims through its own datastore
+//! module ([`crate::db::scheduler`]), not through these functions.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
@@ -885,7 +886,8 @@ pub async fn allocation_candidates(
     candidates(app, f).await
 }
 
-/// [`allocation_candidates`] without policy, for the scheduler.
+/// [`allocation_candidates`] without policy (the query behind the API, timed
+/// directly by `benches/controller.rs`).
 pub async fn candidates(app: &App, mut f: ProviderFilter) -> Result<Vec<Candidate>> {
     if f.resources.is_empty() {
         return Err(Error::bad_request(
