@@ -53,6 +53,9 @@ fn nested_host_watchdog_kicks_a_stalled_l1() {
         return;
     }
     let host = NestedHost::boot(NestedOptions::new("watchdog")).expect("nested host boots");
+    // A healthy, idle L1 for longer than the watchdog's stall threshold
+    // (two 2 s periods without CPU use): no kick.
+    host.run("sleep 7").unwrap().expect_success("sleep");
     assert_eq!(host.watchdog_log(), "", "watchdog fired on a healthy L1");
     // Freeze L1's vCPUs: QEMU then uses no CPU, exactly like a stalled L1.
     host.qmp("stop").unwrap();
