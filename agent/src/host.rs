@@ -519,13 +519,18 @@ impl Inner {
         if !current {
             return;
         }
-        self.take_vmm(&vmm_id);
         let Ok(Some(mut rec)) = self.store.load(uuid) else {
+            self.take_vmm(&vmm_id);
             return;
         };
         if rec.vmm_id != vmm_id {
+            self.take_vmm(&vmm_id);
             return;
         }
+        // A guest that reset itself boots again in a new VMM with the same
+        // id; until that one replaces the old handle, the instance counts as
+        // running (see `power_state`), so power-state sync does not report a
+        // reboot as a stop.
         if exit.guest_reset() && matches!(rec.intent, Intent::Running) {
             tracing::info!(instance = %uuid, vmm = %vmm_id, "the guest reset itself: starting its VMM again");
             let taps: Vec<String> = rec
@@ -541,6 +546,7 @@ impl Inner {
                 }
             }
         }
+        self.take_vmm(&vmm_id);
         tracing::warn!(instance = %uuid, vmm = %vmm_id, code = ?exit.code, signal = ?exit.signal, "the VMM ended by itself: the instance is stopped");
         rec.intent = Intent::Stopped;
         let _ = self.store.save(&rec);
@@ -659,7 +665,11 @@ impl Inner {
 
     /// Power state of a record as it really is.
     fn power_state(&self, rec: &InstanceRecord) -> (Option<String>, PowerState) {
-        match self.live_vmm(rec).map(|h| h.status()) {
+        match self.vmm(&rec.vmm_id).map(|h| h.status()) {
+            // Rebooting: its VMM is being started again (`vmm_exited`).
+            Some(VmmStatus::Exited(e)) if e.guest_reset() && rec.intent == Intent::Running => {
+                (Some(rec.vmm_id.clone()), PowerState::Running)
+            }
             Some(VmmStatus::Paused) => (
                 Some(rec.vmm_id.clone()),
                 if rec.intent == Intent::Suspended {
