@@ -450,6 +450,7 @@ impl Inner {
                 ..Default::default()
             },
             rng: true,
+            display: None,
             boot_timer: true,
         }
     }

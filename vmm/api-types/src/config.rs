@@ -50,6 +50,10 @@ pub struct VmConfig {
     /// Where the guest's serial console (COM1) goes.
     #[serde(default)]
     pub serial: SerialConfig,
+    /// A linear framebuffer with a VNC server on it; absent: no display (and
+    /// no cost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<DisplayConfig>,
     /// Offer a virtio-rng device (default: true).
     #[serde(default = "default_true")]
     pub rng: bool,
@@ -112,6 +116,47 @@ impl Default for SerialConfig {
             socket: None,
         }
     }
+}
+
+/// Default framebuffer size.
+pub const DEFAULT_DISPLAY_WIDTH: u32 = 1024;
+pub const DEFAULT_DISPLAY_HEIGHT: u32 = 768;
+
+/// The guest's screen: a 32 bpp linear framebuffer the guest kernel draws on
+/// (announced in the boot parameters), served by the VMM's RFB (VNC) server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisplayConfig {
+    #[serde(default = "default_width")]
+    pub width: u32,
+    #[serde(default = "default_height")]
+    pub height: u32,
+    /// A Unix stream socket VNC clients connect to (security type None: the
+    /// socket's permissions are the access control).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vnc_socket: Option<PathBuf>,
+    /// Also listen on this TCP address, which must be a loopback address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vnc_tcp: Option<std::net::SocketAddr>,
+}
+
+impl Default for DisplayConfig {
+    fn default() -> Self {
+        Self {
+            width: DEFAULT_DISPLAY_WIDTH,
+            height: DEFAULT_DISPLAY_HEIGHT,
+            vnc_socket: None,
+            vnc_tcp: None,
+        }
+    }
+}
+
+fn default_width() -> u32 {
+    DEFAULT_DISPLAY_WIDTH
+}
+
+fn default_height() -> u32 {
+    DEFAULT_DISPLAY_HEIGHT
 }
 
 fn default_true() -> bool {

@@ -25,7 +25,7 @@ pub mod config;
 pub mod control;
 pub mod metrics;
 
-pub use config::{DiskConfig, NicConfig, SerialConfig, VmConfig};
+pub use config::{DiskConfig, DisplayConfig, NicConfig, SerialConfig, VmConfig};
 pub use control::{
     ActionAnswer, ErrorBody, RebootRequest, RequestedState, ShutdownRequest, StateRequest, VmInfo,
     VmState,
