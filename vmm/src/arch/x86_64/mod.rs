@@ -181,8 +181,10 @@ mod tests {
 
     #[test]
     fn the_framebuffer_is_in_the_gap_and_never_ram() {
-        assert!(FRAMEBUFFER_START >= VIRTIO_MMIO_START + VIRTIO_MMIO_SIZE * 16);
-        assert!(FRAMEBUFFER_START + FRAMEBUFFER_MAX_SIZE <= u64::from(IOAPIC_START));
+        const {
+            assert!(FRAMEBUFFER_START >= VIRTIO_MMIO_START + VIRTIO_MMIO_SIZE * 16);
+            assert!(FRAMEBUFFER_START + FRAMEBUFFER_MAX_SIZE <= IOAPIC_START as u64);
+        }
         for mem in [256u64 << 20, 3 << 30, 8 << 30] {
             for e in e820_map(mem) {
                 assert!(
