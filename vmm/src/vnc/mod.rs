@@ -6,9 +6,11 @@
 //! - a viewer asks for an update; a full one is answered at once, an
 //!   incremental one stays pending until something on screen changed;
 //! - what changed comes from KVM's dirty-page log of the framebuffer's memory
-//!   slot (`KVM_GET_DIRTY_LOG`), read every [`HARVEST_INTERVAL`] while some
-//!   viewer has a request pending, and never otherwise: no viewers, or viewers
-//!   that have not asked, cost nothing;
+//!   slot (`KVM_GET_DIRTY_LOG`), read while some viewer has a request
+//!   pending, and never otherwise: no viewers, or viewers that have not asked,
+//!   cost nothing. The log is read every [`HARVEST_INTERVAL`] while the screen
+//!   changes, and less often (down to every [`HARVEST_INTERVAL_IDLE`]) while
+//!   it does not;
 //! - changed pages become changed lines, and runs of changed lines are sent as
 //!   full-width rectangles, Raw or ZRLE ([`encode`]) as the viewer prefers;
 //! - key events go to the i8042 ([`crate::devices::display::keymap`]);
@@ -39,8 +41,11 @@ use crate::vmm::VmEvent;
 
 pub use server::{Listeners, VncServer};
 
-/// How often the dirty log is read while an update request is pending.
+/// How often the dirty log is read while an update request is pending and the
+/// screen changes; each read that finds nothing doubles the interval, up to
+/// [`HARVEST_INTERVAL_IDLE`].
 pub const HARVEST_INTERVAL: Duration = Duration::from_millis(10);
+pub const HARVEST_INTERVAL_IDLE: Duration = Duration::from_millis(40);
 
 /// One boot's VM and keyboard, as the server sees them.
 pub struct Attachment {

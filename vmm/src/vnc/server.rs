@@ -13,7 +13,7 @@ use super::encode::{self, Zrle};
 use super::proto::{
     self, ClientMessage, ENCODING_RAW, ENCODING_ZRLE, PixelFormat, ProtocolError, Session,
 };
-use super::{Display, HARVEST_INTERVAL};
+use super::{Display, HARVEST_INTERVAL, HARVEST_INTERVAL_IDLE};
 use crate::devices::display::FRAMEBUFFER_SLOT;
 use crate::devices::display::keymap::{KeyAction, KeyState};
 use crate::devices::lock;
@@ -55,6 +55,7 @@ impl VncServer {
             next_id: 0,
             name,
             next_harvest: Instant::now(),
+            interval: HARVEST_INTERVAL,
             pixels: Vec::new(),
         };
         let thread = std::thread::Builder::new()
@@ -145,6 +146,8 @@ struct Server {
     next_id: u64,
     name: String,
     next_harvest: Instant,
+    /// The current dirty-log reading interval.
+    interval: std::time::Duration,
     pixels: Vec<u32>,
 }
 
@@ -179,8 +182,10 @@ impl Server {
                 fds.push(pollfd(c.conn.fd(), ev));
             }
             let timeout = if self.clients.iter().any(|c| c.pending.is_some()) {
+                // Rounded up: a timeout of 0 for the last fraction of a
+                // millisecond would spin.
                 let left = self.next_harvest.saturating_duration_since(Instant::now());
-                left.as_millis().min(1000) as i32
+                left.as_micros().div_ceil(1000).min(1000) as i32
             } else {
                 -1
             };
@@ -216,8 +221,12 @@ impl Server {
             }
             let now = Instant::now();
             if self.clients.iter().any(|c| c.pending.is_some()) && now >= self.next_harvest {
-                self.harvest();
-                self.next_harvest = now + HARVEST_INTERVAL;
+                self.interval = if self.harvest() {
+                    HARVEST_INTERVAL
+                } else {
+                    (self.interval * 2).min(HARVEST_INTERVAL_IDLE)
+                };
+                self.next_harvest = now + self.interval;
             } else if self.display.all_dirty.swap(false, Ordering::SeqCst) {
                 for c in &mut self.clients {
                     c.dirty.fill(true);
@@ -380,6 +389,9 @@ impl Server {
                 });
             }
             ClientMessage::Key { down, keysym } => {
+                // The guest will echo: look for it soon.
+                self.interval = HARVEST_INTERVAL;
+                self.next_harvest = self.next_harvest.min(Instant::now() + HARVEST_INTERVAL);
                 let actions = c.keys.event(keysym, down);
                 let attached = lock(&self.display.attached);
                 for action in actions {
@@ -402,24 +414,29 @@ impl Server {
     }
 
     /// Reads and clears the framebuffer's dirty log; marks the lines of the
-    /// dirty pages changed for every viewer.
-    fn harvest(&mut self) {
+    /// dirty pages changed for every viewer. Whether anything changed.
+    fn harvest(&mut self) -> bool {
+        let mut changed = false;
         if self.display.all_dirty.swap(false, Ordering::SeqCst) {
+            changed = true;
             for c in &mut self.clients {
                 c.dirty.fill(true);
             }
         }
         let fb = &self.display.framebuffer;
         let attached = lock(&self.display.attached);
-        let Some(a) = attached.as_ref() else { return };
+        let Some(a) = attached.as_ref() else {
+            return changed;
+        };
         let bitmap = match a.vm.get_dirty_log(FRAMEBUFFER_SLOT, fb.mapped_len()) {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!("VNC: KVM_GET_DIRTY_LOG: {e}");
-                return;
+                return changed;
             }
         };
         drop(attached);
+        changed |= bitmap.iter().any(|&w| w != 0);
         for (w, &word) in bitmap.iter().enumerate() {
             let mut bits = word;
             while bits != 0 {
@@ -432,6 +449,7 @@ impl Server {
                 }
             }
         }
+        changed
     }
 
     /// Answers a pending request if there is something to send and the
