@@ -314,6 +314,13 @@ fn vnc_viewers_stay_through_a_reboot() {
     }
     let m = display_metrics(&d.vmm);
     assert_eq!(m["vnc_clients"], 1, "{m}");
+
+    // At exit the viewer is closed and the socket removed.
+    let mut d = d;
+    d.vmm.api("POST", "/vm/stop", None);
+    assert_eq!(d.vmm.wait_exit(Duration::from_secs(10)), 0);
+    assert!(a.closed_by_server());
+    assert!(!d.socket.exists(), "the VNC socket is removed at exit");
 }
 
 #[test]
