@@ -6,7 +6,7 @@ use std::process::Command;
 
 fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
-    for name in ["stub", "idle", "counter", "reset"] {
+    for name in ["stub", "idle", "counter", "reset", "fb"] {
         let src = PathBuf::from(format!("stub/{name}.S"));
         println!("cargo:rerun-if-changed={}", src.display());
         let obj = out.join(format!("{name}.o"));

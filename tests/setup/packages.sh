@@ -20,6 +20,8 @@ packages=(
     postgresql rabbitmq-server
     # the openstack CLI for tests
     python3-venv
+    # OCR of VNC screenshots in the display tests
+    tesseract-ocr
     # fetching packages and artifacts
     curl ca-certificates
 )

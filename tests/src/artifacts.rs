@@ -135,6 +135,12 @@ pub fn reset_guest() -> &'static Path {
     Path::new(env!("MICA_RESET_GUEST"))
 }
 
+/// The framebuffer stub guest (tests/stub/fb.S): draws a test pattern, then
+/// echoes keys, ticks, scrolls or idles as its command line's first byte says.
+pub fn fb_guest() -> &'static Path {
+    Path::new(env!("MICA_FB_GUEST"))
+}
+
 /// A binary of this workspace, built by cargo in the same profile as the test
 /// (`target/<profile>/<name>`).
 pub fn workspace_binary(name: &str) -> Result<PathBuf> {

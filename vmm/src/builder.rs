@@ -34,6 +34,7 @@ use crate::devices::{Bus, BusDevice, IrqLine, lock};
 use crate::event_loop::{DeviceLoop, Subscriber};
 use crate::metrics::VmmMetrics;
 use crate::vmm::GuestEvents;
+use crate::vnc::{Attachment, Display};
 use crate::vstate::memory::create_guest_memory;
 use crate::vstate::vcpu::{self, VcpuContext, Vcpus};
 use crate::vstate::vm::{Vm, open_kvm};
@@ -93,10 +94,16 @@ pub struct Shared {
     pub msr_list: Vec<u32>,
     pub metrics: Arc<VmmMetrics>,
     pub serial: Arc<SerialBackend>,
+    /// The framebuffer and its VNC server, with a display.
+    pub display: Option<Arc<Display>>,
 }
 
 impl Shared {
-    pub fn new(metrics: Arc<VmmMetrics>, serial: Arc<SerialBackend>) -> Result<Self, BuildError> {
+    pub fn new(
+        metrics: Arc<VmmMetrics>,
+        serial: Arc<SerialBackend>,
+        display: Option<Arc<Display>>,
+    ) -> Result<Self, BuildError> {
         let kvm = open_kvm()?;
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -112,6 +119,7 @@ impl Shared {
             msr_list,
             metrics,
             serial,
+            display,
         })
     }
 }
@@ -125,6 +133,7 @@ pub struct MicroVm {
     ged: Arc<Mutex<Ged>>,
     i8042: Arc<Mutex<I8042>>,
     boot_timer: Arc<BootTimer>,
+    display: Option<Arc<Display>>,
     _vm: Vm,
     _memory: GuestMemoryMmap,
     _memfd: File,
@@ -147,8 +156,11 @@ impl MicroVm {
         self.vcpus.resume();
     }
 
-    /// Ends every thread of this boot.
+    /// Ends every thread of this boot, and lets the VNC server go of it.
     pub fn stop(mut self) {
+        if let Some(d) = &self.display {
+            d.detach();
+        }
         self.vcpus.stop();
         self.device_loop.stop();
     }
@@ -198,6 +210,11 @@ pub fn build(
     let (memory, memfd) = create_guest_memory(mem_size)?;
     let t_mem = t0.elapsed();
     let vm = Vm::new(&shared.kvm, config.vcpus, &memory)?;
+    if let Some(display) = &shared.display {
+        // A new boot starts on a blank screen.
+        display.framebuffer.clear();
+        vm.register_framebuffer(&display.framebuffer)?;
+    }
     let t_kvm = t0.elapsed();
     let t_vm = t0.elapsed();
 
@@ -319,7 +336,14 @@ pub fn build(
     arch::regs::write_boot_structures(&memory)?;
     boot::write_zero_page(
         &memory,
-        boot::zero_page(&kernel, cmdline_len, initrd, mem_size, rsdp),
+        boot::zero_page(
+            &kernel,
+            cmdline_len,
+            initrd,
+            mem_size,
+            rsdp,
+            shared.display.as_ref().map(|d| d.framebuffer.screen_info()),
+        ),
     )?;
     let t_kernel = t0.elapsed();
 
@@ -352,6 +376,12 @@ pub fn build(
             events,
         }),
     )?;
+    if let Some(display) = &shared.display {
+        display.attach(Attachment {
+            vm: vm.shared_fd(),
+            i8042: i8042.clone(),
+        });
+    }
     tracing::debug!(
         kvm_us = t_kvm.as_micros() as u64,
         mem_us = t_mem.as_micros() as u64,
@@ -376,6 +406,7 @@ pub fn build(
         ged,
         i8042,
         boot_timer,
+        display: shared.display.clone(),
         _vm: vm,
         _memory: memory,
         _memfd: memfd,

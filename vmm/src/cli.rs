@@ -35,6 +35,11 @@ CONFIGURATION (vm.json; unknown fields are errors):
                   COM1 output appended to the log file (rotated to <log>.1 past
                   log_max_bytes, default 8 MiB) and sent to every client of the
                   Unix socket, whose input goes to the guest
+    display       {\"width\", \"height\", \"vnc_socket\", \"vnc_tcp\"}  optional
+                  a 32 bpp linear framebuffer (default 1024x768) the guest kernel
+                  draws tty1 on, and a VNC (RFB 3.8, no authentication) server
+                  on it: on the Unix socket and/or a loopback TCP address
+                  (\"127.0.0.1:5901\"); without it, no framebuffer and no cost
     rng           offer virtio-rng (default true)
     boot_timer    offer the boot timer (default true): the VMM appends
                   mica.boot_timer=<address> to the command line; the guest's
@@ -44,7 +49,9 @@ GUEST PLATFORM:
     COM1 16550 (port 0x3f8, IRQ 4), i8042 (ports 0x60/0x64, IRQ 1; reset, Ctrl-Alt-Del),
     ACPI hardware-reduced: RSDP/XSDT/FADT/MADT/DSDT, sleep control at port 0x3c0,
     GED power button; virtio-mmio devices described in the DSDT (LNRO0005),
-    in-kernel IOAPIC/LAPIC/PIT.
+    in-kernel IOAPIC/LAPIC/PIT; with a display, an EFI-type framebuffer at
+    0xd0000000 (boot_params.screen_info). A guest reset that follows
+    Ctrl-Alt-Del typed on the VNC console is a reboot (boots again).
 
 CONTROL SOCKET:
     GET  /vm                         state, config, uptime, boot time

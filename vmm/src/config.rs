@@ -6,7 +6,10 @@ use std::fs::File;
 use std::os::unix::fs::FileTypeExt as _;
 use std::path::{Path, PathBuf};
 
-use mica_vmm_api::VmConfig;
+use mica_vmm_api::{DisplayConfig, VmConfig};
+
+use crate::arch::FRAMEBUFFER_MAX_SIZE;
+use crate::devices::display::{BYTES_PER_PIXEL, MAX_SIDE, MIN_SIDE};
 
 /// vCPUs a guest may have (the guest kernel's `CONFIG_NR_CPUS`).
 pub const MAX_VCPUS: u32 = 32;
@@ -196,6 +199,51 @@ pub fn validate(c: &VmConfig) -> Result<(), ConfigError> {
             return Err(invalid("serial.socket", "is the same path as serial.log"));
         }
     }
+    if let Some(d) = &c.display {
+        validate_display(c, d)?;
+    }
+    Ok(())
+}
+
+fn validate_display(c: &VmConfig, d: &DisplayConfig) -> Result<(), ConfigError> {
+    for (field, v) in [("display.width", d.width), ("display.height", d.height)] {
+        if !(MIN_SIDE..=MAX_SIDE).contains(&v) {
+            return Err(invalid(
+                field,
+                format!("must be between {MIN_SIDE} and {MAX_SIDE} pixels (got {v})"),
+            ));
+        }
+    }
+    let bytes = u64::from(d.width) * u64::from(d.height) * u64::from(BYTES_PER_PIXEL);
+    if bytes > FRAMEBUFFER_MAX_SIZE {
+        return Err(invalid(
+            "display",
+            format!(
+                "{}x{} needs {bytes} bytes of framebuffer, at most {FRAMEBUFFER_MAX_SIZE} fit",
+                d.width, d.height
+            ),
+        ));
+    }
+    if let Some(sock) = &d.vnc_socket {
+        parent_exists("display.vnc_socket", sock)?;
+        if Some(sock) == c.serial.socket.as_ref() || Some(sock) == c.serial.log.as_ref() {
+            return Err(invalid(
+                "display.vnc_socket",
+                "is the same path as a serial console file",
+            ));
+        }
+    }
+    if let Some(addr) = d.vnc_tcp
+        && !addr.ip().is_loopback()
+    {
+        return Err(invalid(
+            "display.vnc_tcp",
+            format!(
+                "{addr} is not a loopback address: the VNC server has no authentication, \
+                 so it listens on 127.0.0.0/8 or ::1 only (reach it through a proxy)"
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -309,6 +357,16 @@ mod tests {
         assert_eq!(c.vcpus, 2);
         assert!(c.rng && c.boot_timer);
         assert!(c.disks.is_empty() && c.serial.log.is_none());
+        assert!(c.display.is_none());
+        let c = f
+            .check(&f.json(r#", "display": {"vnc_tcp": "127.0.0.1:5901"}"#))
+            .unwrap();
+        let d = c.display.unwrap();
+        assert_eq!((d.width, d.height), (1024, 768));
+        assert!(
+            f.check(&f.json(r#", "display": {"vnc_tcp": "[::1]:5901"}"#))
+                .is_ok()
+        );
     }
 
     #[test]
@@ -374,6 +432,30 @@ mod tests {
             (
                 f.json(r#", "initrd": "/""#),
                 "initrd: / is not a regular file",
+            ),
+            (
+                f.json(r#", "display": {"vnc_tcp": "0.0.0.0:5900"}"#),
+                "display.vnc_tcp: 0.0.0.0:5900 is not a loopback address",
+            ),
+            (
+                f.json(r#", "display": {"vnc_tcp": "[2001:db8::1]:5900"}"#),
+                "display.vnc_tcp: [2001:db8::1]:5900 is not a loopback address",
+            ),
+            (
+                f.json(r#", "display": {"width": 10}"#),
+                "display.width: must be between 64 and 8192",
+            ),
+            (
+                f.json(r#", "display": {"width": 8192, "height": 8192}"#),
+                "display: 8192x8192 needs",
+            ),
+            (
+                f.json(r#", "display": {"vnc_socket": "/nonexistent/dir/vnc"}"#),
+                "display.vnc_socket: folder /nonexistent/dir does not exist",
+            ),
+            (
+                f.json(r#", "display": {"vnc_tcp": "localhost:5900"}"#),
+                "display.vnc_tcp: invalid",
             ),
         ];
         for (text, want) in cases {

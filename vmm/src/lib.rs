@@ -10,6 +10,7 @@
 //! - one per vCPU ([`vstate::vcpu`]): `KVM_RUN` and port I/O / MMIO dispatch;
 //! - devices ([`event_loop`]): one event-manager loop for every device's I/O;
 //! - api ([`api::server`]): the control socket;
+//! - vnc ([`vnc`]), with a display: the RFB server on the framebuffer;
 //! - signals: turns SIGTERM/SIGINT/SIGHUP into controller events.
 //!
 //! The guest platform (memory map, ACPI, devices) is described in
@@ -25,6 +26,7 @@ pub mod event_loop;
 pub mod logger;
 pub mod metrics;
 pub mod vmm;
+pub mod vnc;
 pub mod vstate;
 
 use std::time::Instant;

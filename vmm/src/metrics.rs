@@ -66,12 +66,38 @@ pub struct SerialCounters {
     pub errors: Counter,
 }
 
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct DisplayCounters {
+    pub clients_accepted: Counter,
+    pub clients: Gauge,
+    pub bytes_sent: Counter,
+    pub updates_sent: Counter,
+    pub protocol_errors: Counter,
+}
+
 /// All of the VMM's counters.
 #[derive(Debug, Default)]
 pub struct VmmMetrics {
     pub vcpu: VcpuCounters,
     pub rng: Arc<RngCounters>,
     pub serial: Arc<SerialCounters>,
+    pub display: Arc<DisplayCounters>,
     block: Mutex<BTreeMap<String, Arc<BlockCounters>>>,
     net: Mutex<BTreeMap<String, Arc<NetCounters>>>,
 }
@@ -145,6 +171,14 @@ impl VmmMetrics {
             in_bytes: self.serial.in_bytes.get(),
             errors: self.serial.errors.get(),
         };
+        let d = &self.display;
+        let display = api::DisplayMetrics {
+            vnc_clients_accepted: d.clients_accepted.get(),
+            vnc_clients: d.clients.get(),
+            vnc_bytes_sent: d.bytes_sent.get(),
+            vnc_updates_sent: d.updates_sent.get(),
+            vnc_protocol_errors: d.protocol_errors.get(),
+        };
         let errors = vcpu.errors
             + block.values().map(|b| b.errors).sum::<u64>()
             + net.values().map(|n| n.errors).sum::<u64>()
@@ -156,6 +190,7 @@ impl VmmMetrics {
             net,
             rng,
             serial,
+            display,
             errors,
         }
     }

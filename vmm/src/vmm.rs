@@ -38,8 +38,10 @@ use crate::api::server::ApiServer;
 use crate::api::{ActionError, ActionOk, ActionResult, VmmAction};
 use crate::builder::{self, BuildError, MicroVm, Shared};
 use crate::cli::RunOptions;
+use crate::devices::display::Framebuffer;
 use crate::devices::legacy::SerialBackend;
 use crate::metrics::VmmMetrics;
+use crate::vnc::{Display, Listeners, VncServer};
 
 /// Everything the controller reacts to.
 #[derive(Debug)]
@@ -50,6 +52,8 @@ pub enum VmEvent {
     Guest { boot: u32, event: GuestEvent },
     /// SIGTERM, SIGINT or SIGHUP.
     Signal(i32),
+    /// A VNC viewer typed Ctrl-Alt-Del: the guest's coming reset is a reboot.
+    ConsoleRebootRequested,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +169,16 @@ pub enum LaunchError {
     Serial(#[from] crate::devices::legacy::serial::SerialError),
     #[error("building the VM")]
     Build(#[from] BuildError),
+    #[error("framebuffer")]
+    Framebuffer(#[from] crate::devices::display::FramebufferError),
+    #[error("cannot listen for VNC viewers on {addr}")]
+    VncTcp {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the VNC server")]
+    Vnc(#[source] std::io::Error),
 }
 
 /// A socket file the VMM created; removed when dropped.
@@ -276,7 +290,35 @@ pub fn launch(
     if let Some(path) = &config.serial.socket {
         socket_files.push(SocketFile(path.clone()));
     }
-    let shared = Shared::new(metrics, Arc::new(serial))?;
+    let (display, mut vnc) = match &config.display {
+        Some(d) => {
+            let mut listeners = Listeners::default();
+            if let Some(path) = &d.vnc_socket {
+                free_socket_path(path)?;
+                let l = UnixListener::bind(path).map_err(|source| LaunchError::Bind {
+                    path: path.clone(),
+                    source,
+                })?;
+                socket_files.push(SocketFile(path.clone()));
+                listeners.unix = Some(l);
+            }
+            if let Some(addr) = d.vnc_tcp {
+                let l = std::net::TcpListener::bind(addr)
+                    .map_err(|source| LaunchError::VncTcp { addr, source })?;
+                listeners.tcp = Some(l);
+            }
+            let fb = Framebuffer::new(d.width, d.height)?;
+            let display = Arc::new(
+                Display::new(fb, metrics.display.clone(), tx.clone()).map_err(LaunchError::Vnc)?,
+            );
+            let name = opts.id.clone().unwrap_or_else(|| "mica".into());
+            let server =
+                VncServer::start(display.clone(), listeners, name).map_err(LaunchError::Vnc)?;
+            (Some(display), Some(server))
+        }
+        None => (None, None),
+    };
+    let shared = Shared::new(metrics, Arc::new(serial), display)?;
     let t_shared = process_started.elapsed();
     let vm = builder::build(
         &config,
@@ -314,6 +356,9 @@ pub fn launch(
     // Answer nothing more, then remove the sockets (SocketFile drops).
     if let Some(api) = &mut api {
         api.stop();
+    }
+    if let Some(vnc) = &mut vnc {
+        vnc.stop();
     }
     controller.shared.serial.flush();
     drop(socket_files);
@@ -384,6 +429,12 @@ impl Controller {
                     tracing::debug!("ignoring {event:?} from boot {boot}");
                 }
                 VmEvent::Signal(sig) => return self.finish(ExitReason::Signal(sig)),
+                VmEvent::ConsoleRebootRequested => {
+                    if self.state == VmState::Running {
+                        tracing::info!("reboot requested: Ctrl-Alt-Del typed on the VNC console");
+                        self.reboot_requested = true;
+                    }
+                }
             }
         }
     }

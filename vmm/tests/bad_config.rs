@@ -85,6 +85,11 @@ fn each_bad_config_gives_its_clear_error() {
             "vcpus: invalid type: string \"four\"",
         ),
         ("not JSON", "{vcpus: 1".to_string(), "key must be a string"),
+        (
+            "VNC on a non-loopback address",
+            with("display", json!({"vnc_tcp": "0.0.0.0:5901"})),
+            "display.vnc_tcp: 0.0.0.0:5901 is not a loopback address",
+        ),
     ];
     for (what, config, want) in cases {
         let r = run(dir.path(), &config);

@@ -30,7 +30,9 @@ pub use control::{
     ActionAnswer, ErrorBody, RebootRequest, RequestedState, ShutdownRequest, StateRequest, VmInfo,
     VmState,
 };
-pub use metrics::{BlockMetrics, Metrics, NetMetrics, RngMetrics, SerialMetrics, VcpuMetrics};
+pub use metrics::{
+    BlockMetrics, DisplayMetrics, Metrics, NetMetrics, RngMetrics, SerialMetrics, VcpuMetrics,
+};
 
 /// Paths served on the control socket.
 pub mod paths {

@@ -13,6 +13,9 @@ pub struct Metrics {
     pub net: BTreeMap<String, NetMetrics>,
     pub rng: RngMetrics,
     pub serial: SerialMetrics,
+    /// The VNC server (zero without a display).
+    #[serde(default)]
+    pub display: DisplayMetrics,
     /// Sum of every error counter above.
     pub errors: u64,
 }
@@ -68,4 +71,20 @@ pub struct SerialMetrics {
     pub in_bytes: u64,
     /// Console output bytes lost (log write errors).
     pub errors: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DisplayMetrics {
+    /// VNC connections accepted (on the Unix socket and the TCP port), whether
+    /// or not they finished the handshake.
+    pub vnc_clients_accepted: u64,
+    /// VNC connections open now.
+    pub vnc_clients: u64,
+    /// Bytes written to VNC clients (handshakes and updates).
+    pub vnc_bytes_sent: u64,
+    /// FramebufferUpdate messages sent.
+    pub vnc_updates_sent: u64,
+    /// Clients closed for a protocol error (not counted in `errors`: a bad
+    /// client is not a VMM fault).
+    pub vnc_protocol_errors: u64,
 }

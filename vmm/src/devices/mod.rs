@@ -7,6 +7,7 @@
 
 pub mod acpi;
 pub mod boot_timer;
+pub mod display;
 pub mod legacy;
 pub mod virtio;
 

@@ -1,12 +1,17 @@
 //! The KVM VM: capability checks, the in-kernel irqchip (PIC, IOAPIC, LAPICs)
 //! and PIT, guest memory slots, irqfds and ioeventfds.
 
-use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
+use std::sync::Arc;
+
+use kvm_bindings::{
+    KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region,
+};
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::KVM_TSS_ADDRESS;
+use crate::devices::display::{FRAMEBUFFER_SLOT, Framebuffer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -59,9 +64,10 @@ pub fn open_kvm() -> Result<Kvm, VmError> {
     Ok(kvm)
 }
 
-/// A VM with its interrupt controllers.
+/// A VM with its interrupt controllers. The fd is shared with the VNC server
+/// (which reads the framebuffer's dirty log) while this boot runs.
 pub struct Vm {
-    fd: VmFd,
+    fd: Arc<VmFd>,
 }
 
 impl Vm {
@@ -70,7 +76,7 @@ impl Vm {
         if vcpus as usize > max {
             return Err(VmError::TooManyVcpus { wanted: vcpus, max });
         }
-        let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
+        let fd = Arc::new(kvm.create_vm().map_err(VmError::CreateVm)?);
         let vm = Self { fd };
         vm.register_memory(mem)?;
         let fd = vm.fd;
@@ -86,6 +92,27 @@ impl Vm {
 
     pub fn fd(&self) -> &VmFd {
         &self.fd
+    }
+
+    pub fn shared_fd(&self) -> Arc<VmFd> {
+        self.fd.clone()
+    }
+
+    /// Maps the framebuffer into the guest at its address, in a slot of its
+    /// own with KVM's dirty-page log on.
+    pub fn register_framebuffer(&self, fb: &Framebuffer) -> Result<(), VmError> {
+        let r = kvm_userspace_memory_region {
+            slot: FRAMEBUFFER_SLOT,
+            flags: KVM_MEM_LOG_DIRTY_PAGES,
+            guest_phys_addr: fb.guest_address(),
+            memory_size: fb.mapped_len() as u64,
+            userspace_addr: fb.host_address(),
+        };
+        // SAFETY: the framebuffer is a live mapping of `memory_size` bytes that
+        // lives as long as the process's display (longer than any VM: the
+        // boot that holds this VM holds the framebuffer too); its guest range
+        // is in the MMIO gap, apart from RAM and every other slot.
+        unsafe { self.fd.set_user_memory_region(r) }.map_err(VmError::MemoryRegion)
     }
 
     /// Gives the guest its memory, one KVM slot per region.

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod nested;
+pub mod rfb;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

@@ -48,6 +48,11 @@ pub struct Nested {
 impl Nested {
     /// Boots L1, or says why the test is skipped (see `mica_tests::require`).
     pub fn boot(name: &str) -> Option<Self> {
+        Self::boot_with(NestedOptions::new(name))
+    }
+
+    /// Like [`Nested::boot`], with options (port forwards into L1).
+    pub fn boot_with(options: NestedOptions) -> Option<Self> {
         let available = NestedHost::available()
             .and_then(|_| GuestKernel::locate().map(|_| ()).map_err(|e| e.to_string()))
             .and_then(|_| GuestImages::locate().map(|_| ()).map_err(|e| e.to_string()));
@@ -57,7 +62,7 @@ impl Nested {
         ) {
             return None;
         }
-        let host = NestedHost::boot(NestedOptions::new(name)).expect("the nested host boots");
+        let host = NestedHost::boot(options).expect("the nested host boots");
         assert!(
             host.ready_line().contains("kvm=yes"),
             "L1 has no /dev/kvm: {}",

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::Path;
 
-use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, screen_info, setup_header};
 use linux_loader::loader::{BzImage, Cmdline, Elf, KernelLoader, load_cmdline};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
@@ -162,15 +162,19 @@ pub fn load_command_line(mem: &GuestMemoryMmap, cmdline: &str) -> Result<usize, 
     Ok(cmdline.len())
 }
 
-/// Builds the zero page.
+/// Builds the zero page; `screen` describes the framebuffer, if any.
 pub fn zero_page(
     kernel: &LoadedKernel,
     cmdline_len: usize,
     initrd: Option<(u64, u64)>,
     mem_size: u64,
     rsdp: u64,
+    screen: Option<screen_info>,
 ) -> boot_params {
     let mut params = boot_params::default();
+    if let Some(screen) = screen {
+        params.screen_info = screen;
+    }
     match kernel.setup_header {
         Some(hdr) => params.hdr = hdr,
         None => {
@@ -235,7 +239,7 @@ mod tests {
             end: 0x200_0000,
             setup_header: None,
         };
-        let p = zero_page(&k, 42, Some((0x800_0000, 0x1000)), 256 << 20, 0xe0000);
+        let p = zero_page(&k, 42, Some((0x800_0000, 0x1000)), 256 << 20, 0xe0000, None);
         let (magic, flag, loader) = (p.hdr.header, p.hdr.boot_flag, p.hdr.type_of_loader);
         assert_eq!((magic, flag, loader), (HDR_MAGIC, BOOT_FLAG, 0xff));
         let (ptr, size, rd) = (p.hdr.cmd_line_ptr, p.hdr.cmdline_size, p.hdr.ramdisk_image);

@@ -6,7 +6,8 @@
 //! 0x0000_0500  GDT, then IDT (0x520)
 //! 0x0000_7000  zero page (struct boot_params)
 //! 0x0000_8ff0  boot stack (grows down)
-//! 0x0000_9000  PML4, PDPT (0xa000), PD (0xb000): identity map of the first GiB
+//! 0x0000_9000  PML4, PDPT (0xa000), PDs (0xb000-0xefff): identity map of the
+//!              first 4 GiB (2 MiB pages; the kernel replaces them at once)
 //! 0x0002_0000  kernel command line
 //! 0x0009_fc00  end of low RAM (EBDA)
 //! 0x000e_0000  ACPI tables: RSDP first (where the kernel scans for it)
@@ -14,6 +15,8 @@
 //!              the initrd at the top of the RAM below 2 GiB
 //! 0xc000_0000  MMIO gap (RAM resumes at 4 GiB):
 //!              0xc000_0000 boot timer, 0xc000_1000 GED, 0xc000_2000+ virtio-mmio
+//! 0xd000_0000  linear framebuffer (with a display; up to 64 MiB, a memory slot
+//!              of its own, not in the e820 map)
 //! 0xfec0_0000  IOAPIC (in-kernel)       0xfee0_0000 LAPIC (in-kernel)
 //! ```
 //!
@@ -36,6 +39,7 @@ pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
 /// Page tables of the 64-bit boot protocol.
 pub const PML4_START: u64 = 0x9000;
 pub const PDPTE_START: u64 = 0xa000;
+/// First of the four page directories (one per GiB, each a page).
 pub const PDE_START: u64 = 0xb000;
 /// Boot GDT and IDT.
 pub const BOOT_GDT_START: u64 = 0x500;
@@ -63,6 +67,9 @@ pub const GED_START: u64 = MMIO_GAP_START + 0x1000;
 /// First virtio-mmio device; each takes [`VIRTIO_MMIO_SIZE`].
 pub const VIRTIO_MMIO_START: u64 = MMIO_GAP_START + 0x2000;
 pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+/// The linear framebuffer's guest physical address, and the most it may take.
+pub const FRAMEBUFFER_START: u64 = 0xd000_0000;
+pub const FRAMEBUFFER_MAX_SIZE: u64 = 64 << 20;
 pub const IOAPIC_START: u32 = 0xfec0_0000;
 pub const LAPIC_START: u32 = 0xfee0_0000;
 /// Where KVM puts the TSS it needs on Intel (three pages below the BIOS area).
@@ -170,5 +177,25 @@ mod tests {
         let m = e820_map(5 << 30);
         assert_eq!(m.last().unwrap().addr, 4 << 30);
         assert_eq!(m.last().unwrap().size, 2 << 30);
+    }
+
+    #[test]
+    fn the_framebuffer_is_in_the_gap_and_never_ram() {
+        const {
+            assert!(FRAMEBUFFER_START >= VIRTIO_MMIO_START + VIRTIO_MMIO_SIZE * 16);
+            assert!(FRAMEBUFFER_START + FRAMEBUFFER_MAX_SIZE <= IOAPIC_START as u64);
+        }
+        for mem in [256u64 << 20, 3 << 30, 8 << 30] {
+            for e in e820_map(mem) {
+                assert!(
+                    e.addr + e.size <= FRAMEBUFFER_START
+                        || e.addr >= FRAMEBUFFER_START + FRAMEBUFFER_MAX_SIZE,
+                    "{e:?}"
+                );
+            }
+            for (addr, len) in ram_ranges(mem) {
+                assert!(addr.0 + len <= FRAMEBUFFER_START || addr.0 >= MMIO_GAP_END);
+            }
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Registers of the boot vCPU for the Linux 64-bit boot protocol: long mode with
-//! paging on, flat segments from a small GDT, an identity map of the first GiB,
+//! paging on, flat segments from a small GDT, an identity map of the first 4 GiB
+//! (RAM below the gap and the framebuffer, for guests that use these tables),
 //! `rsi` pointing at the zero page.
 
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs};
@@ -83,14 +84,18 @@ pub fn write_boot_structures(mem: &GuestMemoryMmap) -> Result<(), RegsError> {
     }
     mem.write_obj(0u64, GuestAddress(BOOT_IDT_START))
         .map_err(RegsError::Memory)?;
-    // PML4[0] -> PDPT, PDPT[0] -> PD, PD: 512 2-MiB pages = the first GiB.
+    // PML4[0] -> PDPT, PDPT[g] -> PD g, each PD: 512 2-MiB pages = GiB g.
     mem.write_obj(PDPTE_START | 0x03, GuestAddress(PML4_START))
         .map_err(RegsError::Memory)?;
-    mem.write_obj(PDE_START | 0x03, GuestAddress(PDPTE_START))
-        .map_err(RegsError::Memory)?;
-    for i in 0..512u64 {
-        mem.write_obj((i << 21) | 0x83, GuestAddress(PDE_START + i * 8))
+    for g in 0..4u64 {
+        let pd = PDE_START + g * 0x1000;
+        mem.write_obj(pd | 0x03, GuestAddress(PDPTE_START + g * 8))
             .map_err(RegsError::Memory)?;
+        for i in 0..512u64 {
+            let page = (g << 30) | (i << 21);
+            mem.write_obj(page | 0x83, GuestAddress(pd + i * 8))
+                .map_err(RegsError::Memory)?;
+        }
     }
     Ok(())
 }
@@ -169,12 +174,18 @@ mod tests {
     }
 
     #[test]
-    fn page_tables_identity_map_the_first_gib() {
+    fn page_tables_identity_map_the_first_4_gib() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         write_boot_structures(&mem).unwrap();
         let pml4: u64 = mem.read_obj(GuestAddress(PML4_START)).unwrap();
         assert_eq!(pml4 & !0xfff, PDPTE_START);
         let pd_last: u64 = mem.read_obj(GuestAddress(PDE_START + 511 * 8)).unwrap();
         assert_eq!(pd_last, (511 << 21) | 0x83);
+        let pdpt3: u64 = mem.read_obj(GuestAddress(PDPTE_START + 3 * 8)).unwrap();
+        assert_eq!(pdpt3 & !0xfff, PDE_START + 0x3000);
+        let fb: u64 = mem
+            .read_obj(GuestAddress(PDE_START + 0x3000 + 128 * 8))
+            .unwrap();
+        assert_eq!(fb, 0xd000_0000 | 0x83);
     }
 }

@@ -3,11 +3,13 @@
 //!
 //! - the guest can reset the machine (command 0xFE, "pulse the reset line", which
 //!   is how `reboot=k` and the kernel's fallback reboot work), and
-//! - the VMM can type Ctrl-Alt-Del (the graceful reboot request).
+//! - the VMM can type Ctrl-Alt-Del (the graceful reboot request), and VNC
+//!   viewers can type anything ([`crate::devices::display::keymap`]).
 //!
 //! There is no AUX (mouse) port: its loopback and interface tests fail quickly so
 //! the driver does not wait for it.
 
+use crate::devices::display::keymap::{Key, scancodes};
 use crate::devices::{BusDevice, IrqLine};
 use crate::vmm::{GuestEvent, GuestEvents, ResetSource};
 use std::collections::VecDeque;
@@ -64,8 +66,9 @@ const CAD_SET2: [u8; 11] = [
     0x14, 0x11, 0xe0, 0x71, 0xe0, 0xf0, 0x71, 0xf0, 0x11, 0xf0, 0x14,
 ];
 
-/// Bytes the keyboard buffers before it drops input.
-const QUEUE_MAX: usize = 64;
+/// Bytes the keyboard buffers before it drops input (a viewer can paste a
+/// line faster than the guest takes it).
+const QUEUE_MAX: usize = 4096;
 
 /// The controller and its keyboard.
 pub struct I8042 {
@@ -101,6 +104,13 @@ impl I8042 {
         } else {
             self.push_all(&CAD_SET2);
         }
+    }
+
+    /// Presses or releases `key`, in the scan code set the guest reads.
+    pub fn key(&mut self, key: Key, down: bool) {
+        let mut codes = Vec::with_capacity(3);
+        scancodes(key, down, self.ctr & CTR_XLATE != 0, &mut codes);
+        self.push_all(&codes);
     }
 
     fn push_all(&mut self, bytes: &[u8]) {
@@ -319,6 +329,19 @@ mod tests {
         data(&mut d, CTR_KBD_INT);
         d.ctrl_alt_del();
         assert_eq!(read_all(&mut d), CAD_SET2);
+    }
+
+    #[test]
+    fn keys_follow_translation() {
+        let (mut d, _, _) = dev();
+        let (up, _) = crate::devices::display::keymap::key_for(0xff52).unwrap();
+        d.key(up, true);
+        d.key(up, false);
+        assert_eq!(read_all(&mut d), [0xe0, 0x48, 0xe0, 0xc8]);
+        cmd(&mut d, CMD_WRITE_CTR);
+        data(&mut d, CTR_KBD_INT);
+        d.key(up, false);
+        assert_eq!(read_all(&mut d), [0xe0, 0xf0, 0x75]);
     }
 
     #[test]
