@@ -447,8 +447,7 @@ async fn remote_consoles_and_the_proxy(backend: Backend) {
     let forged = "0".repeat(64);
     let (status, body) = ws(&format!("ws://{proxy}/?token={forged}"), None)
         .await
-        .err()
-        .expect("a forged token is refused");
+        .expect_err("a forged token is refused");
     assert_eq!(status, 401, "{body}");
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
@@ -485,8 +484,7 @@ async fn remote_consoles_and_the_proxy(backend: Backend) {
     // this VMM yet): the host says so, before the upgrade.
     let (status, body) = ws(&format!("ws://{proxy}/?token={}", token_in(vnc_url)), None)
         .await
-        .err()
-        .expect("no VNC console");
+        .expect_err("no VNC console");
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("no VNC console"), "{body}");
     assert_eq!(agent.console_requests(), 3);
@@ -638,8 +636,7 @@ async fn remote_consoles_and_the_proxy(backend: Backend) {
     let before = agent.console_requests();
     let (status, _) = ws(&doomed, None)
         .await
-        .err()
-        .expect("a deleted server's token");
+        .expect_err("a deleted server's token");
     assert_eq!(status, 401);
     assert_eq!(agent.console_requests(), before);
     let left: i64 =
@@ -669,7 +666,7 @@ async fn expired_tokens_are_refused(backend: Backend) {
     let url = b["remote_console"]["url"].as_str().unwrap().to_owned();
     assert!(url.starts_with(&format!("ws://127.0.0.1:{port}/?token=")));
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (status, body) = ws(&url, None).await.err().expect("an expired token");
+    let (status, body) = ws(&url, None).await.expect_err("an expired token");
     assert_eq!(status, 401, "{body}");
     assert_eq!(agent.console_requests(), 0, "no RPC for an expired token");
     // The sweep removes it.

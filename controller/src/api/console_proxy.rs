@@ -101,9 +101,8 @@ async fn connect(
     };
     let opened = consoles::open(&app, &token).await?;
     let timeout = Duration::from_secs(app.config.console.connect_timeout_secs.max(1));
-    let channel = dial(&opened.ticket, timeout).await.map_err(|e| {
+    let channel = dial(&opened.ticket, timeout).await.inspect_err(|e| {
         tracing::warn!(instance = %opened.instance_uuid, address = %opened.ticket.address, error = %e.message, "console channel");
-        e
     })?;
     let instance = opened.instance_uuid.clone();
     let kind = opened.kind.type_name();
