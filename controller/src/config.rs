@@ -441,6 +441,12 @@ section! {
         novnc_dir: String = String::new(),
         /// Seconds the proxy waits for a compute host to open a console.
         connect_timeout_secs: u64 = 10,
+        /// Origins (`host` or `host:port`) whose pages may open consoles
+        /// besides the proxy's own (Nova's
+        /// `[console] allowed_origins`): a browser's WebSocket from any other
+        /// origin is refused, so a page elsewhere cannot use a console token
+        /// cookie.
+        allowed_origins: Vec<String> = vec![],
     }
 }
 

@@ -454,6 +454,13 @@ async fn remote_consoles_and_the_proxy(backend: Backend) {
         nova_error(&body, "unauthorized", 401),
         "The console token is invalid or has expired."
     );
+    let mut req = serial_url.as_str().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("origin", "http://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        other => panic!("a page of another origin: {other:?}"),
+    }
     let (status, _) = ws(&format!("ws://{proxy}/websockify"), None)
         .await
         .err()

@@ -11,7 +11,9 @@
 //!   ([`crate::app::compute::consoles::open`]), the proxy dials the
 //!   address it answers with the ticket, and only then upgrades (offering
 //!   noVNC's `binary` subprotocol). Binary and text frames from the client
-//!   go to the console; the console's bytes come back as binary frames.
+//!   go to the console; the console's bytes come back as binary frames. A
+//!   browser's `Origin` must be the proxy's own host (or one of `[console]
+//!   allowed_origins`), as Nova's proxy checks, else 403.
 //! - `GET /vnc.html`, `/vnc_lite.html`, `/vnc_auto.html`: Mica's console
 //!   page (built in; Nova's `?path=%3Ftoken%3D…` form), which runs noVNC.
 //! - Any other `GET`: a file of `[console] novnc_dir`, where `make setup`
@@ -94,6 +96,7 @@ async fn connect(
             ));
         }
     };
+    check_origin(&headers, &app.config.console.allowed_origins)?;
     let Some(token) = token else {
         return Err(Error::unauthorized(
             "No console token: give it as ?token=<token> or in the token cookie.",
@@ -113,6 +116,38 @@ async fn connect(
             pipe(socket, channel).await;
             tracing::info!(instance = %instance, console = kind, "console closed");
         }))
+}
+
+/// `host[:port]` of an origin (`http://h:6080` → `h:6080`).
+fn origin_host(origin: &str) -> &str {
+    let rest = origin.split_once("://").map_or(origin, |(_, r)| r);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+/// Refuses a browser's connection from a page of another origin.
+fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<()> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        // Not a browser (or a page that sends none): the token alone decides.
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let o = origin_host(origin);
+    let o_name = o.rsplit_once(':').map_or(o, |(n, _)| n);
+    let ok = (!o.is_empty() && o.eq_ignore_ascii_case(host))
+        || allowed
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(o) || a.eq_ignore_ascii_case(o_name));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::forbidden(format!(
+            "Origin {origin} is not allowed to open consoles here ([console] allowed_origins)."
+        )))
+    }
 }
 
 /// Connects to an agent's console channel and presents the ticket.
@@ -334,6 +369,26 @@ mod tests {
         assert_eq!(safe_relative("/app/../../etc/passwd"), None);
         assert_eq!(safe_relative("/a\\..\\b"), None);
         assert_eq!(safe_relative("/a\0b"), None);
+    }
+
+    #[test]
+    fn origins_must_be_the_proxys_own_or_allowed() {
+        let with = |origin: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_static("proxy:6080"));
+            h.insert(header::ORIGIN, HeaderValue::from_static(origin));
+            h
+        };
+        assert!(check_origin(&HeaderMap::new(), &[]).is_ok());
+        assert!(check_origin(&with("http://proxy:6080"), &[]).is_ok());
+        assert!(check_origin(&with("http://PROXY:6080"), &[]).is_ok());
+        let e = check_origin(&with("http://evil.example"), &[]).unwrap_err();
+        assert_eq!(e.kind, Kind::Forbidden);
+        assert!(check_origin(&with("http://proxy:9999"), &[]).is_err());
+        assert!(check_origin(&with("null"), &[]).is_err());
+        let allowed = vec!["dashboard.example".to_owned()];
+        assert!(check_origin(&with("https://dashboard.example"), &allowed).is_ok());
+        assert!(check_origin(&with("https://dashboard.example:8443"), &allowed).is_ok());
     }
 
     #[test]
