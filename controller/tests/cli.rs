@@ -224,6 +224,23 @@ async fn cli_session(backend: Backend) {
     .collect();
     let admin = Cli { bin, env };
 
+    // `all` runs the console proxy too: its page, and a WebSocket request
+    // with a made-up token refused.
+    let proxy = format!("http://127.0.0.1:{}", ports[6]);
+    let page = http.get(format!("{proxy}/vnc.html")).send().await.unwrap();
+    assert_eq!(page.status(), reqwest::StatusCode::OK);
+    assert!(page.text().await.unwrap().contains("Mica console"));
+    let refused = http
+        .get(format!("{proxy}/?token=made-up"))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::UNAUTHORIZED);
+
     // Tokens and the catalog.
     let token = admin.json(&["token", "issue"]);
     let token_id = token["id"].as_str().unwrap().to_owned();
