@@ -11,6 +11,7 @@ setup:
 	@tests/setup/rust.sh
 	@tests/setup/services.sh
 	@tests/setup/venv.sh
+	@tests/setup/web.sh
 	@kernels/build.sh >/dev/null
 	@guest-tools/images/build.sh >/dev/null
 	@tests/nested/build.sh >/dev/null

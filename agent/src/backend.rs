@@ -11,10 +11,11 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::PathBuf;
 
 use mica_rpc::compute::{
-    BuildRequest, ConsoleOutputRequest, HostInstance, PortSecurityRequest, PowerActionRequest,
-    PowerState, TerminateRequest,
+    BuildRequest, ConsoleKind, ConsoleOutputRequest, HostInstance, PortSecurityRequest,
+    PowerActionRequest, PowerState, TerminateRequest,
 };
 use mica_rpc::conductor::{Failure, HypervisorInfo, Inventory};
 use tokio::sync::mpsc;
@@ -96,6 +97,16 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         req: &ConsoleOutputRequest,
     ) -> impl Future<Output = Result<String, Failure>> + Send;
+
+    /// The Unix socket of a running instance's console (its VMM's VNC or
+    /// serial socket), for the console channel. Fails with a message for
+    /// users when the instance is not here, not running, or has no such
+    /// console.
+    fn console_socket(
+        &self,
+        instance_uuid: &str,
+        kind: ConsoleKind,
+    ) -> impl Future<Output = Result<PathBuf, Failure>> + Send;
 
     /// Every instance on this host and its real power state.
     fn instances(&self) -> impl Future<Output = Vec<HostInstance>> + Send;

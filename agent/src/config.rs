@@ -42,6 +42,7 @@ pub struct Config {
     pub images: ImagesSection,
     pub disks: DisksSection,
     pub network: NetworkSection,
+    pub console: ConsoleSection,
     pub simulated: SimulatedSection,
 }
 
@@ -124,6 +125,9 @@ pub struct VmmSection {
     pub shutdown_timeout_s: u64,
     pub start_timeout_s: u64,
     pub log_level: String,
+    pub display: bool,
+    pub display_width: u32,
+    pub display_height: u32,
 }
 
 impl Default for VmmSection {
@@ -137,6 +141,9 @@ impl Default for VmmSection {
             shutdown_timeout_s: 60,
             start_timeout_s: 30,
             log_level: "info".into(),
+            display: true,
+            display_width: mica_vmm_api::config::DEFAULT_DISPLAY_WIDTH,
+            display_height: mica_vmm_api::config::DEFAULT_DISPLAY_HEIGHT,
         }
     }
 }
@@ -221,6 +228,26 @@ impl Default for NetworkSection {
             dhcp_lease_s: 86400,
             security_groups: true,
             nat_interface: String::new(),
+        }
+    }
+}
+
+/// The console channel: where the console proxy reaches the instances'
+/// VNC and serial consoles (see [`crate::console`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleSection {
+    pub listen: String,
+    pub advertise: String,
+    pub ticket_ttl_s: u64,
+}
+
+impl Default for ConsoleSection {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:6090".into(),
+            advertise: String::new(),
+            ticket_ttl_s: 30,
         }
     }
 }
@@ -336,6 +363,28 @@ impl Config {
                 ));
             }
         }
+        if !self.console.listen.is_empty()
+            && self.console.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return bad(format!(
+                "console.listen {:?} is not an address:port (e.g. 0.0.0.0:6090), nor empty",
+                self.console.listen
+            ));
+        }
+        if !self.console.advertise.is_empty() && !valid_host_port(&self.console.advertise) {
+            return bad(format!(
+                "console.advertise {:?} is not a host:port (e.g. 192.0.2.10:6090), nor empty",
+                self.console.advertise
+            ));
+        }
+        if self.console.ticket_ttl_s == 0 {
+            return bad("console.ticket_ttl_s must be at least 1".into());
+        }
+        if !(16..=8192).contains(&self.vmm.display_width)
+            || !(16..=8192).contains(&self.vmm.display_height)
+        {
+            return bad("vmm.display_width and display_height must be 16 to 8192".into());
+        }
         if self.agent.host.len() > 200 {
             return bad("agent.host is too long".into());
         }
@@ -352,6 +401,18 @@ impl Config {
             .ok()
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "localhost".to_owned())
+    }
+}
+
+/// `host:port` with a non-empty host and a port number.
+fn valid_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && !host.contains(char::is_whitespace)
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        }
+        None => false,
     }
 }
 
@@ -447,6 +508,13 @@ mod tests {
         assert!(matches!(e, ConfigError::BadOverride(_)), "{e}");
         let e = Config::parse("", "x", &["network.tap_prefix=toolong".into()]).unwrap_err();
         assert!(e.to_string().contains("tap_prefix"), "{e}");
+        let e = Config::parse("", "x", &["console.listen=nowhere".into()]).unwrap_err();
+        assert!(e.to_string().contains("console.listen"), "{e}");
+        let e =
+            Config::parse("", "x", &["console.advertise=host-without-port".into()]).unwrap_err();
+        assert!(e.to_string().contains("console.advertise"), "{e}");
+        let e = Config::parse("", "x", &["vmm.display_width=0".into()]).unwrap_err();
+        assert!(e.to_string().contains("display_width"), "{e}");
         let e = Config::parse("[agent]\nbackend = \"qemu\"\n", "x", &[]).unwrap_err();
         assert!(e.to_string().contains("qemu"), "{e}");
     }

@@ -35,11 +35,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use mica_rpc::compute::{
-    Action, BuildRequest, ConsoleOutputRequest, HostInstance, InstanceSpec, PortSecurityRequest,
-    PowerActionRequest, PowerState, TerminateRequest,
+    Action, BuildRequest, ConsoleKind, ConsoleOutputRequest, HostInstance, InstanceSpec,
+    PortSecurityRequest, PowerActionRequest, PowerState, TerminateRequest,
 };
 use mica_rpc::conductor::Failure;
-use mica_vmm_api::{DiskConfig, NicConfig, RequestedState, SerialConfig, VmConfig};
+use mica_vmm_api::{DiskConfig, DisplayConfig, NicConfig, RequestedState, SerialConfig, VmConfig};
 
 use crate::backend::{
     ActionOutcome, Backend, Event, EventSender, Resources, error_chain, failure, host_failure,
@@ -281,7 +281,7 @@ fn resolve_vmm_binary(configured: &str) -> PathBuf {
 }
 
 /// The host's first global IPv4 address (for operators, in os-hypervisors).
-async fn first_global_ipv4() -> String {
+pub(crate) async fn first_global_ipv4() -> String {
     let Ok(out) = tokio::process::Command::new("ip")
         .args(["-j", "-4", "addr", "show", "scope", "global"])
         .output()
@@ -327,10 +327,19 @@ impl Inner {
             .join(format!("{vmm_id}.serial"))
     }
 
-    /// Removes the control and serial sockets of a VMM that has ended.
+    fn vnc_sock(&self, vmm_id: &str) -> PathBuf {
+        self.cfg
+            .agent
+            .run_dir
+            .join("vmm")
+            .join(format!("{vmm_id}.vnc"))
+    }
+
+    /// Removes the control, serial and VNC sockets of a VMM that has ended.
     fn remove_sockets(&self, vmm_id: &str) {
         let _ = std::fs::remove_file(self.api_sock(vmm_id));
         let _ = std::fs::remove_file(self.serial_sock(vmm_id));
+        let _ = std::fs::remove_file(self.vnc_sock(vmm_id));
     }
 
     fn vmm(&self, vmm_id: &str) -> Option<Arc<VmmHandle>> {
@@ -450,7 +459,12 @@ impl Inner {
                 ..Default::default()
             },
             rng: true,
-            display: None,
+            display: v.display.then(|| DisplayConfig {
+                width: v.display_width,
+                height: v.display_height,
+                vnc_socket: Some(self.vnc_sock(vmm_id)),
+                ..Default::default()
+            }),
             boot_timer: true,
         }
     }
@@ -898,6 +912,7 @@ impl Inner {
             }
             let _ = std::fs::remove_file(&sock);
             let _ = std::fs::remove_file(self.serial_sock(&rec.vmm_id));
+            let _ = std::fs::remove_file(self.vnc_sock(&rec.vmm_id));
             if rec.intent != Intent::Stopped {
                 tracing::warn!(instance = %uuid, vmm = %rec.vmm_id, "the VMM ended while the agent was away: the instance is stopped");
                 rec.intent = Intent::Stopped;
@@ -1119,6 +1134,43 @@ impl Backend for VmmBackend {
             }
         }
         Ok(tail_lines(&text, req.length))
+    }
+
+    async fn console_socket(
+        &self,
+        instance_uuid: &str,
+        kind: ConsoleKind,
+    ) -> Result<PathBuf, Failure> {
+        let inner = &self.inner;
+        let not_here = || {
+            failure(
+                format!("Instance {instance_uuid} is not on host {}", inner.host),
+                String::new(),
+            )
+        };
+        let rec = match inner.store.load(instance_uuid) {
+            Ok(Some(rec)) => rec,
+            Ok(None) | Err(StoreError::BadUuid(_)) => return Err(not_here()),
+            Err(e) => return Err(host_failure("Reading the instance failed", error_chain(&e))),
+        };
+        if inner.live_vmm(&rec).is_none() {
+            return Err(failure(
+                format!("Instance {instance_uuid} is not running"),
+                String::new(),
+            ));
+        }
+        let socket = match kind {
+            ConsoleKind::Serial => inner.serial_sock(&rec.vmm_id),
+            ConsoleKind::Vnc => inner.vnc_sock(&rec.vmm_id),
+        };
+        if !socket.exists() {
+            let message = match kind {
+                ConsoleKind::Vnc => "This instance has no VNC console (its VMM serves no display)",
+                ConsoleKind::Serial => "This instance has no serial console socket",
+            };
+            return Err(failure(message, socket.display().to_string()));
+        }
+        Ok(socket)
     }
 
     async fn instances(&self) -> Vec<HostInstance> {

@@ -18,9 +18,12 @@
 //! - [`sim`]: the simulated backend, and [`sim::spawn_fleet`] to run many
 //!   agents in one process.
 //! - [`config`]: the TOML file and its overrides.
+//! - [`console`]: the console channel the console proxy reaches VNC and
+//!   serial consoles through.
 
 pub mod backend;
 pub mod config;
+pub mod console;
 pub mod disks;
 pub mod host;
 pub mod images;
@@ -37,5 +40,5 @@ pub mod testing;
 pub use backend::{Backend, Event};
 pub use config::Config;
 pub use host::VmmBackend;
-pub use service::{Agent, AgentError, AgentOptions};
+pub use service::{Agent, AgentError, AgentOptions, ConsoleOptions};
 pub use sim::{SimulatedBackend, spawn_fleet};

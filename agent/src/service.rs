@@ -7,6 +7,8 @@
 //! ```text
 //!  conductor ──cast build/terminate/power_action──► handler ─spawn─► backend ─► report cast
 //!            ──call get_console_output/host_state─► handler ─► backend ─► reply
+//!  proxy     ──call console_connect──────────────► handler ─► backend (socket) ─► ticket
+//!            ──TCP, ticket──► [`crate::console`] channel ─► the VMM's console socket
 //!  agent ──call service_register, update_provider, host_instances──► conductor
 //!        ──cast service_heartbeat, power_state_changed, *_finished──► conductor
 //! ```
@@ -21,9 +23,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mica_rpc::compute::{
-    self, BuildAndRunInstance, BuildRequest, ConsoleOutput, GetConsoleOutput, GetHostState,
-    HostInstance, HostState, PowerAction, PowerActionRequest, PowerState, TerminateInstance,
-    TerminateRequest,
+    self, BuildAndRunInstance, BuildRequest, ConsoleConnect, ConsoleOutput, GetConsoleOutput,
+    GetHostState, HostInstance, HostState, PowerAction, PowerActionRequest, PowerState,
+    TerminateInstance, TerminateRequest,
 };
 use mica_rpc::conductor::{
     ActionFinished, BuildFinished, Failure, Heartbeat, HostInstances, HostInstancesRequest,
@@ -38,6 +40,7 @@ use tracing::Instrument;
 
 use crate::backend::{Backend, Event, Resources};
 use crate::config::Config;
+use crate::console::{ConsoleChannel, ConsoleError};
 
 /// The binary name services register with.
 pub const BINARY: &str = "mica-agent";
@@ -58,6 +61,30 @@ pub struct AgentOptions {
     pub housekeeping_interval: Duration,
     /// Timeout of the agent's calls to the conductor.
     pub call_timeout: Duration,
+    /// The console channel (none: this host serves no consoles).
+    pub console: Option<ConsoleOptions>,
+}
+
+/// Where the console channel listens and what it tells the proxy.
+#[derive(Debug, Clone)]
+pub struct ConsoleOptions {
+    /// `address:port`.
+    pub listen: String,
+    /// `host:port` the proxy dials (empty: derived from `listen`).
+    pub advertise: String,
+    /// How long a ticket is good for.
+    pub ticket_ttl: Duration,
+}
+
+impl ConsoleOptions {
+    /// A channel on an ephemeral port of 127.0.0.1 (tests).
+    pub fn loopback() -> Self {
+        Self {
+            listen: "127.0.0.1:0".into(),
+            advertise: String::new(),
+            ticket_ttl: Duration::from_secs(30),
+        }
+    }
 }
 
 impl AgentOptions {
@@ -70,6 +97,7 @@ impl AgentOptions {
             sync_power_state_interval: Duration::from_secs(600),
             housekeeping_interval: Duration::from_secs(2400),
             call_timeout: Duration::from_secs(30),
+            console: None,
         }
     }
 
@@ -84,6 +112,11 @@ impl AgentOptions {
             ),
             housekeeping_interval: Duration::from_secs(config.images.cleanup_interval_s.max(1)),
             call_timeout: Duration::from_secs(30),
+            console: (!config.console.listen.is_empty()).then(|| ConsoleOptions {
+                listen: config.console.listen.clone(),
+                advertise: config.console.advertise.clone(),
+                ticket_ttl: Duration::from_secs(config.console.ticket_ttl_s.max(1)),
+            }),
         }
     }
 }
@@ -92,6 +125,8 @@ impl AgentOptions {
 pub enum AgentError {
     #[error("the backend could not start: {}", .0.message)]
     Backend(Failure),
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
     #[error("cannot serve compute.{host}")]
     Serve {
         host: String,
@@ -110,6 +145,8 @@ struct Shared<B> {
     registered: watch::Sender<Option<Registered>>,
     /// Set when the agent stops.
     stopping: watch::Sender<bool>,
+    /// The console channel, if this host serves consoles.
+    console: Option<ConsoleChannel>,
 }
 
 /// A running agent. Dropping it (or [`Agent::shutdown`]) stops the service;
@@ -140,6 +177,17 @@ impl Agent {
             .instrument(span.clone())
             .await
             .map_err(AgentError::Backend)?;
+        let console = match &options.console {
+            Some(c) => {
+                let host_ip = if c.advertise.is_empty() {
+                    crate::host::first_global_ipv4().await
+                } else {
+                    String::new()
+                };
+                Some(ConsoleChannel::bind(&c.listen, &c.advertise, &host_ip, c.ticket_ttl).await?)
+            }
+            None => None,
+        };
         let (registered, registered_rx) = watch::channel(None);
         let (stopping, _) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -149,6 +197,7 @@ impl Agent {
             resources_dirty: Notify::new(),
             registered,
             stopping: stopping.clone(),
+            console,
         });
         let server = rpc
             .serve(
@@ -225,6 +274,7 @@ fn dispatcher<B: Backend>(shared: Arc<Shared<B>>) -> Dispatcher {
     let power = shared.clone();
     let security = shared.clone();
     let console = shared.clone();
+    let console_connect = shared.clone();
     let state = shared;
     Dispatcher::new(compute::VERSION)
         .handle_method::<BuildAndRunInstance>(move |_ctx, req: BuildRequest| {
@@ -277,6 +327,24 @@ fn dispatcher<B: Backend>(shared: Arc<Shared<B>>) -> Dispatcher {
                     .await
                     .map(|output| ConsoleOutput { output })
                     .map_err(|f| RemoteError::new("console_unavailable", f.message.clone()).with_data(&f))
+            }
+        })
+        .handle_method::<ConsoleConnect>(move |_ctx, req: compute::ConsoleConnectRequest| {
+            let shared = console_connect.clone();
+            async move {
+                let Some(channel) = &shared.console else {
+                    return Err(RemoteError::new(
+                        "console_disabled",
+                        format!("Host {} serves no consoles (its [console] listen is empty)", shared.options.host),
+                    ));
+                };
+                let socket = shared
+                    .backend
+                    .console_socket(&req.instance_uuid, req.kind)
+                    .await
+                    .map_err(|f| RemoteError::new("console_unavailable", f.message.clone()).with_data(&f))?;
+                tracing::info!(instance = %req.instance_uuid, kind = req.kind.name(), "console ticket issued");
+                Ok(channel.mint(&req.instance_uuid, req.kind, socket))
             }
         })
         .handle_method::<GetHostState>(move |_ctx, _req: compute::HostStateRequest| {

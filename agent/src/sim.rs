@@ -12,12 +12,14 @@
 //! Many agents run in one process with [`spawn_fleet`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mica_rpc::Rpc;
 use mica_rpc::compute::{
-    Action, BuildRequest, ConsoleOutputRequest, HostInstance, PortSecurityRequest,
+    Action, BuildRequest, ConsoleKind, ConsoleOutputRequest, HostInstance, PortSecurityRequest,
     PowerActionRequest, PowerState, TerminateRequest,
 };
 use mica_rpc::conductor::{Failure, HypervisorInfo, Inventory};
@@ -48,6 +50,9 @@ pub struct SimulatedBackend {
     locks: crate::locks::KeyedLocks,
     events: Mutex<Option<EventSender>>,
     rng: Mutex<fastrand::Rng>,
+    /// Console sockets tests stand up for this pretend host, by kind.
+    console_sockets: Mutex<HashMap<ConsoleKind, PathBuf>>,
+    console_requests: AtomicUsize,
 }
 
 impl SimulatedBackend {
@@ -64,7 +69,24 @@ impl SimulatedBackend {
             locks: Default::default(),
             events: Mutex::new(None),
             rng: Mutex::new(fastrand::Rng::new()),
+            console_sockets: Mutex::new(HashMap::new()),
+            console_requests: AtomicUsize::new(0),
         }
+    }
+
+    /// Serves `kind` consoles of every running instance on this pretend
+    /// host from `socket` (a Unix listener the test stands up). Without
+    /// one, the host answers that the instance has no such console.
+    pub fn set_console_socket(&self, kind: ConsoleKind, socket: PathBuf) {
+        self.console_sockets
+            .lock()
+            .expect("console sockets")
+            .insert(kind, socket);
+    }
+
+    /// How many console connections were asked of this host.
+    pub fn console_requests(&self) -> usize {
+        self.console_requests.load(Ordering::SeqCst)
     }
 
     /// Makes a running instance's pretend VMM die, as `kill -9` would: the
@@ -312,6 +334,45 @@ impl Backend for SimulatedBackend {
                 String::new(),
             )),
         }
+    }
+
+    async fn console_socket(
+        &self,
+        instance_uuid: &str,
+        kind: ConsoleKind,
+    ) -> Result<PathBuf, Failure> {
+        self.console_requests.fetch_add(1, Ordering::SeqCst);
+        let running = match self.instances.lock().expect("instances").get(instance_uuid) {
+            None => {
+                return Err(failure(
+                    format!("Instance {instance_uuid} is not on host {}", self.host),
+                    String::new(),
+                ));
+            }
+            Some(i) => i.vmm_id.is_some(),
+        };
+        if !running {
+            return Err(failure(
+                format!("Instance {instance_uuid} is not running"),
+                String::new(),
+            ));
+        }
+        self.console_sockets
+            .lock()
+            .expect("console sockets")
+            .get(&kind)
+            .cloned()
+            .ok_or_else(|| {
+                failure(
+                    match kind {
+                        ConsoleKind::Vnc => {
+                            "This instance has no VNC console (its VMM serves no display)"
+                        }
+                        ConsoleKind::Serial => "This instance has no serial console socket",
+                    },
+                    String::new(),
+                )
+            })
     }
 
     async fn console_output(&self, req: &ConsoleOutputRequest) -> Result<String, Failure> {

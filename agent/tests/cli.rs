@@ -104,6 +104,9 @@ fn a_simulated_agent_process_serves_until_sigterm() {
             "rpc.queue_expiry_s=600",
             "--set",
             "simulated.build_delay_ms=100",
+            // The console channel on loopback only, on a port of its own.
+            "--set",
+            "console.listen=\"127.0.0.1:0\"",
         ])
         .stderr(std::process::Stdio::piped())
         .spawn()

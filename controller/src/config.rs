@@ -415,6 +415,42 @@ section! {
 }
 
 section! {
+    /// Remote consoles: the tokens the compute API hands out and the console
+    /// proxy role (`console-proxy`) that checks them. The proxy listens on
+    /// `[api] console_proxy_listen` and is reached at `[api]
+    /// console_proxy_public_url` (default `http://<public_host>:<port>`).
+    Console, "console" {
+        /// Serve remote consoles; off: `remote-consoles` and the
+        /// `os-get*Console` actions answer 501.
+        enabled: bool = true,
+        /// Seconds a console token stays valid (Nova's
+        /// `[consoleauth] token_ttl`).
+        token_ttl_secs: i64 = 600,
+        /// The noVNC page URLs hand out, `?path=%3Ftoken%3D<token>` appended
+        /// (Nova's `novncproxy_base_url`). Empty:
+        /// `<console proxy public URL>/vnc_lite.html`.
+        novnc_base_url: String = String::new(),
+        /// The WebSocket URL serial consoles hand out, `?token=<token>`
+        /// appended (Nova's `[serial_console] base_url`). Empty: the console
+        /// proxy's public URL as `ws://…/` (`wss://` for `https://`).
+        serial_base_url: String = String::new(),
+        /// Folder of the noVNC web client the proxy serves (`vnc.html`,
+        /// `vnc_lite.html`, `app/`, `core/`, …). Empty: `novnc` in
+        /// `$MICA_CACHE`, else `$HOME/.cache/mica/novnc` (where `make setup`
+        /// installs it).
+        novnc_dir: String = String::new(),
+        /// Seconds the proxy waits for a compute host to open a console.
+        connect_timeout_secs: u64 = 10,
+        /// Origins (`host` or `host:port`) whose pages may open consoles
+        /// besides the proxy's own (Nova's
+        /// `[console] allowed_origins`): a browser's WebSocket from any other
+        /// origin is refused, so a page elsewhere cannot use a console token
+        /// cookie.
+        allowed_origins: Vec<String> = vec![],
+    }
+}
+
+section! {
     /// What `mica-controller bootstrap` creates: the admin user and project,
     /// the roles, and the service catalog.
     Bootstrap, "bootstrap" {
@@ -465,6 +501,8 @@ pub struct Config {
     pub compute: Compute,
     /// `[network]`
     pub network: Network,
+    /// `[console]`
+    pub console: Console,
     /// `[bootstrap]`
     pub bootstrap: Bootstrap,
     /// `[log]`
@@ -509,6 +547,7 @@ impl Config {
             Quota::describe(),
             Compute::describe(),
             Network::describe(),
+            Console::describe(),
             Bootstrap::describe(),
             Log::describe(),
         ]

@@ -20,7 +20,7 @@ use mica_controller::server;
         api            the HTTP APIs (identity, compute, image, placement, network)\n  \
         scheduler      placement candidates, filters and weighers (the `scheduler` topic)\n  \
         conductor      builds and instance actions as persisted sagas (the `conductor` topic)\n  \
-        console-proxy  not implemented yet\n  \
+        console-proxy  noVNC and serial consoles over WebSocket ([api] console_proxy_listen)\n  \
         all            every implemented role, migrations applied at start"
 )]
 struct Cli {

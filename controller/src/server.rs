@@ -7,7 +7,7 @@
 //! | `api` | the HTTP APIs, one listener each | identity, compute, image, placement, network; metadata comes with its issue |
 //! | `scheduler` | placement candidates → filters → weighers, on the `scheduler` topic | implemented ([`crate::roles`]) |
 //! | `conductor` | multi-step operations as sagas, on the `conductor` topic | implemented ([`crate::roles`]) |
-//! | `console-proxy` | noVNC and serial WebSocket proxy | not implemented yet |
+//! | `console-proxy` | noVNC and serial WebSocket proxy on `[api] console_proxy_listen` | implemented ([`crate::api::console_proxy`]) |
 //! | `all` | every role, migrations applied at start | runs what exists, says what doesn't |
 //!
 //! Asking for a role that does not exist yet by name fails at once with a
@@ -77,13 +77,12 @@ impl Role {
     /// Why the role can't run yet, if it can't.
     pub fn not_implemented(self) -> Option<&'static str> {
         match self {
-            Role::Api | Role::Scheduler | Role::Conductor => None,
-            Role::ConsoleProxy => Some("comes with the consoles work"),
+            Role::Api | Role::Scheduler | Role::Conductor | Role::ConsoleProxy => None,
         }
     }
 }
 
-/// The services whose API this build serves.
+/// The services whose API this build serves (the `api` role's).
 pub const IMPLEMENTED_APIS: [ServiceKind; 5] = [
     ServiceKind::Identity,
     ServiceKind::Compute,
@@ -91,6 +90,9 @@ pub const IMPLEMENTED_APIS: [ServiceKind; 5] = [
     ServiceKind::Placement,
     ServiceKind::Network,
 ];
+
+/// The listeners of the `console-proxy` role.
+pub const PROXIES: [ServiceKind; 1] = [ServiceKind::ConsoleProxy];
 
 /// The router of one API, with the shared middleware.
 pub fn router(kind: ServiceKind, app: Arc<App>) -> Option<Router> {
@@ -100,20 +102,38 @@ pub fn router(kind: ServiceKind, app: Arc<App>) -> Option<Router> {
         ServiceKind::Placement => api::placement::router(app),
         ServiceKind::Compute => api::compute::router(app),
         ServiceKind::Network => api::network::router(app),
+        ServiceKind::ConsoleProxy => api::console_proxy::router(app),
         _ => return None,
     };
     Some(r.layer(axum::middleware::from_fn(api::request_context)))
 }
 
-/// Binds the listener of every implemented API that has a listen address.
+/// Binds the listener of every implemented API, and of the console proxy,
+/// that has a listen address.
 pub async fn bind(config: &Config) -> Result<Vec<(ServiceKind, TcpListener)>> {
+    bind_roles(config, true, true).await
+}
+
+/// Binds the listeners of the `api` role (if `apis`) and of the
+/// `console-proxy` role (if `proxy`) that have a listen address.
+pub async fn bind_roles(
+    config: &Config,
+    apis: bool,
+    proxy: bool,
+) -> Result<Vec<(ServiceKind, TcpListener)>> {
     let mut out = Vec::new();
     for kind in ServiceKind::ALL {
         let addr = kind.listen(&config.api);
         if addr.is_empty() {
             continue;
         }
-        if !IMPLEMENTED_APIS.contains(&kind) {
+        if PROXIES.contains(&kind) {
+            if !proxy {
+                continue;
+            }
+        } else if !apis {
+            continue;
+        } else if !IMPLEMENTED_APIS.contains(&kind) {
             tracing::warn!(
                 api = kind.catalog_type(),
                 listen = addr,
@@ -180,6 +200,11 @@ impl Server {
                             Ok(0) => {}
                             Ok(n) => tracing::info!(deleted = n, "swept expired tokens"),
                             Err(e) => tracing::warn!(error = ?e, "sweeping expired tokens failed"),
+                        }
+                        match crate::app::compute::consoles::sweep_expired(&sweeper).await {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(deleted = n, "swept expired console tokens"),
+                            Err(e) => tracing::warn!(error = ?e, "sweeping expired console tokens failed"),
                         }
                     }
                 }
@@ -283,11 +308,12 @@ pub async fn run(config: Config, names: &[String]) -> Result<()> {
             "requeued images whose upload was interrupted by a restart"
         );
     }
-    let listeners = if runnable.contains(&Role::Api) {
-        bind(&config).await?
-    } else {
-        Vec::new()
-    };
+    let listeners = bind_roles(
+        &config,
+        runnable.contains(&Role::Api),
+        runnable.contains(&Role::ConsoleProxy),
+    )
+    .await?;
     let server = Server::start(app.clone(), listeners)?;
     let scheduler = runnable.contains(&Role::Scheduler);
     let conductor = runnable.contains(&Role::Conductor);

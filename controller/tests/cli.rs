@@ -167,15 +167,15 @@ async fn cli_session(backend: Backend) {
         .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("db sync"));
-    // Roles that don't exist yet say so.
+    // So does the console proxy (it reads console tokens).
     let proxy = Command::new(controller)
         .arg("--config")
         .arg(&cfg_path)
         .arg("console-proxy")
         .output()
         .unwrap();
-    assert_eq!(proxy.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&proxy.stderr).contains("not implemented yet"));
+    assert!(!proxy.status.success());
+    assert!(String::from_utf8_lossy(&proxy.stderr).contains("db sync"));
     run(&["db", "sync"]);
     let boot = run(&["bootstrap"]);
     assert!(boot.contains("catalog: identity"), "{boot}");
@@ -223,6 +223,23 @@ async fn cli_session(backend: Backend) {
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     let admin = Cli { bin, env };
+
+    // `all` runs the console proxy too: its page, and a WebSocket request
+    // with a made-up token refused.
+    let proxy = format!("http://127.0.0.1:{}", ports[6]);
+    let page = http.get(format!("{proxy}/vnc.html")).send().await.unwrap();
+    assert_eq!(page.status(), reqwest::StatusCode::OK);
+    assert!(page.text().await.unwrap().contains("Mica console"));
+    let refused = http
+        .get(format!("{proxy}/?token=made-up"))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::UNAUTHORIZED);
 
     // Tokens and the catalog.
     let token = admin.json(&["token", "issue"]);

@@ -45,6 +45,8 @@ cat <<MSG
 The server demo is $(os server show demo -f value -c status) ($(os server show demo -f value -c addresses)).
   export OS_CLIENT_CONFIG_FILE=$clouds
   $openstack --os-cloud mica-demo console log show demo     # its serial console log
+  $openstack --os-cloud mica-demo console url show --serial demo   # an interactive serial console (WebSocket, token valid 10 min)
+  $openstack --os-cloud mica-demo console url show --novnc demo    # its screen in a browser (noVNC)
   $openstack --os-cloud mica-demo server list
 Mica runs in the foreground (log: $log); Ctrl-C stops the servers, then Mica.
 MSG

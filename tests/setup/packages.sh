@@ -20,11 +20,16 @@ packages=(
     postgresql rabbitmq-server
     # the openstack CLI for tests
     python3-venv
-    # OCR of VNC screenshots in the display tests
-    tesseract-ocr
+    # the console tests: node for playwright-core (tests/setup/web.sh), a
+    # headless browser, and OCR of VNC screenshots and a guest's screen
+    nodejs chromium tesseract-ocr
     # fetching packages and artifacts
     curl ca-certificates
 )
+
+# npm comes with some builds of nodejs (NodeSource's, which conflicts with
+# Debian's npm package); ask for Debian's only when there is none.
+command -v npm >/dev/null || packages+=(npm)
 
 missing=()
 for p in "${packages[@]}"; do

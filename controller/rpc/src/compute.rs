@@ -16,6 +16,7 @@
 //! | [`PowerAction`] | cast | [`crate::conductor::InstanceActionFinished`] |
 //! | [`ApplyPortSecurity`] | cast | none (applied within seconds) |
 //! | [`GetConsoleOutput`] | call | the reply |
+//! | [`ConsoleConnect`] | call | the reply (an address and a single-use ticket) |
 //! | [`GetHostState`] | call | the reply |
 
 use std::collections::BTreeMap;
@@ -351,6 +352,56 @@ impl Method for GetConsoleOutput {
     const NAME: &'static str = "get_console_output";
     type Request = ConsoleOutputRequest;
     type Response = ConsoleOutput;
+}
+
+/// Which console of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsoleKind {
+    /// The framebuffer, as RFB (VNC) with no authentication.
+    Vnc,
+    /// The 16550 serial port (the guest's `ttyS0`).
+    Serial,
+}
+
+impl ConsoleKind {
+    /// `vnc` or `serial`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConsoleKind::Vnc => "vnc",
+            ConsoleKind::Serial => "serial",
+        }
+    }
+}
+
+/// Open an instance's console to the console proxy: the agent checks that
+/// the instance runs on this host with that console, and answers the
+/// address of its console channel and a ticket for one connection. The
+/// proxy connects there, sends the ticket and a newline, reads `OK` and a
+/// newline, and from then on the connection carries the console's bytes
+/// both ways (an `ERR <reason>` line and a close instead when refused).
+/// The bus's authentication is what authenticates the ticket's delivery.
+pub struct ConsoleConnect;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsoleConnectRequest {
+    pub instance_uuid: String,
+    pub kind: ConsoleKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsoleTicket {
+    /// `host:port` of the agent's console channel.
+    pub address: String,
+    /// Valid for one connection, for [`ConsoleTicket::ttl_s`] seconds.
+    pub ticket: String,
+    pub ttl_s: u64,
+}
+
+impl Method for ConsoleConnect {
+    const NAME: &'static str = "console_connect";
+    type Request = ConsoleConnectRequest;
+    type Response = ConsoleTicket;
 }
 
 /// What this host really runs, for power-state sync and operators.

@@ -11,6 +11,7 @@
 //!   `{"<name>": {code, message}}` for the others (see API.md).
 
 pub mod compute;
+pub mod console_proxy;
 pub mod identity;
 pub mod image;
 pub mod network;

@@ -685,6 +685,7 @@ pub async fn mark_deleted(conn: &mut AnyConnection, uuid: &str, expect: &Expect)
         .bind(uuid)
         .execute(&mut *conn)
         .await?;
+    super::consoles::delete_for_instance(&mut *conn, uuid).await?;
     Ok(true)
 }
 

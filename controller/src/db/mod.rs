@@ -2,7 +2,7 @@
 //! one file per table group ([`identity`], [`images`], [`placement`], and for
 //! the compute and network APIs [`flavors`] (with key pairs), [`instances`],
 //! [`hosts`] (services, compute nodes, aggregates), [`server_groups`],
-//! [`quotas`] and [`network`]).
+//! [`quotas`] and [`network`]), and [`consoles`] (console tokens).
 //!
 //! # One code path for PostgreSQL and SQLite
 //!
@@ -39,6 +39,7 @@
 //! every committed competitor. A transaction that loses a race with a deadlock,
 //! a serialization failure or a busy SQLite is retried by [`Db::retry`].
 
+pub mod consoles;
 pub mod flavors;
 pub mod hosts;
 pub mod identity;

@@ -53,6 +53,8 @@ pub struct Hosts {
     pub sim: SimulatedSection,
     /// Reserved amounts and ratios.
     pub resources: ResourcesSection,
+    /// Serve a console channel (on an ephemeral loopback port).
+    pub consoles: bool,
 }
 
 impl Hosts {
@@ -76,7 +78,14 @@ impl Hosts {
                 ram_allocation_ratio: 1.0,
                 disk_allocation_ratio: 1.0,
             },
+            consoles: false,
         }
+    }
+
+    /// With console channels.
+    pub fn with_consoles(mut self) -> Hosts {
+        self.consoles = true;
+        self
     }
 
     /// Every build on these hosts fails (a host problem).
@@ -254,16 +263,13 @@ impl Fleet {
     /// Starts more simulated agents and waits until placement has them.
     pub async fn add_hosts(&mut self, h: &Hosts) {
         let rpc = self.bus.connect("agents").await;
-        let agents = spawn_fleet(
-            &rpc,
-            h.count,
-            &h.prefix,
-            &h.sim,
-            &h.resources,
-            &agent_options(),
-        )
-        .await
-        .expect("simulated agents");
+        let mut options = agent_options();
+        if h.consoles {
+            options.console = Some(mica_agent::ConsoleOptions::loopback());
+        }
+        let agents = spawn_fleet(&rpc, h.count, &h.prefix, &h.sim, &h.resources, &options)
+            .await
+            .expect("simulated agents");
         self.agents.extend(agents);
         if self.workers.is_some() {
             self.wait_for_all_hosts().await;

@@ -376,6 +376,7 @@ fn distributed(sequential: usize, burst: usize) {
         .to_vec(),
         saved_state: None,
         shared_lock: false,
+        console_port: None,
     })
     .unwrap();
 

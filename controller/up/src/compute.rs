@@ -101,7 +101,13 @@ pub struct NestedComputeOptions {
     pub saved_state: Option<PathBuf>,
     /// Run alongside other nested hosts that share the machine lock.
     pub shared_lock: bool,
+    /// A port of this machine's loopback forwarded to the agent's console
+    /// channel in L1 (the console proxy dials it); none: no consoles.
+    pub console_port: Option<u16>,
 }
+
+/// The agent's console channel port inside L1.
+pub const L1_CONSOLE_PORT: u16 = 6090;
 
 /// A compute host in the nested test host: L1 (a QEMU guest with a KVM of its
 /// own) running the real `mica-agent` over RabbitMQ.
@@ -137,7 +143,16 @@ impl NestedCompute {
              [resources]\nreserved_host_memory_mb = 384\n\
              # L1's disk is memory (a tmpfs of half its size) and root disks\n\
              # are sparse copies: overcommit it as thin provisioning would.\n\
-             disk_allocation_ratio = 20.0\n",
+             disk_allocation_ratio = 20.0\n\n\
+             [console]\n{console}",
+            console = match o.console_port {
+                // Reached only through QEMU's forward from this machine's
+                // loopback: L1's user network has no other way in.
+                Some(p) => format!(
+                    "listen = \"0.0.0.0:{L1_CONSOLE_PORT}\"\nadvertise = \"127.0.0.1:{p}\"\n"
+                ),
+                None => "listen = \"\"\n".to_owned(),
+            },
             host = quote(&o.name),
             amqp = quote(&amqp),
             ns = quote(&o.namespace),
@@ -149,6 +164,9 @@ impl NestedCompute {
         opts.memory_mib = o.memory_mib;
         opts.host_ports = vec![amqp_port, o.image_port];
         opts.shared_lock = o.shared_lock;
+        if let Some(p) = o.console_port {
+            opts.forwards.push((p, L1_CONSOLE_PORT));
+        }
         tracing::info!(
             memory_mib = o.memory_mib,
             "booting the nested test host for the compute agent"
@@ -288,6 +306,7 @@ impl ComputeHost {
                 agent_sets: args.agent_set.clone(),
                 saved_state: Some(saved.clone()),
                 shared_lock: false,
+                console_port: Some(mica_tests::free_port()),
             };
             let compute =
                 tokio::task::spawn_blocking(move || NestedCompute::start(&options)).await??;
@@ -311,6 +330,8 @@ impl ComputeHost {
             format!("rpc.namespace={}", quote(&secrets.namespace)),
             format!("vmm.binary={}", path(vmm_bin)),
             format!("vmm.kernel={}", path(kernel)),
+            // The proxy is in this process: an ephemeral loopback port.
+            "console.listen=\"127.0.0.1:0\"".to_owned(),
         ];
         overrides.extend(args.agent_set.iter().cloned());
         let config = mica_agent::config::Config::parse("", "mica up", &overrides)

@@ -138,6 +138,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         ("image_listen", 9292),
         ("placement_listen", 8778),
         ("network_listen", 9696),
+        ("console_proxy_listen", 6080),
     ] {
         sets.push(format!("api.{key}=\"127.0.0.1:{port}\""));
     }

@@ -48,6 +48,7 @@ impl Compute {
             .to_vec(),
             saved_state: None,
             shared_lock: true,
+            console_port: None,
         };
         Compute(NestedCompute::start(&options).expect("a nested compute host"))
     }

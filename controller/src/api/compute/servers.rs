@@ -10,6 +10,7 @@ use crate::api::{Auth, JsonBody, State, query_pairs};
 use crate::app::App;
 use crate::app::compute::actions::{self, rules};
 use crate::app::compute::common::{int_field, isotime, naive_time};
+use crate::app::compute::consoles;
 use crate::app::compute::servers::{self as app, ServerData};
 use crate::context::Context;
 use crate::db::instances::{Action, Event, InstanceRow};
@@ -522,11 +523,15 @@ pub async fn action(
             let output = app::console_output(st, &ctx, &id, length).await?;
             return Ok(axum::Json(json!({"output": output})).into_response());
         }
-        "os-getVNCConsole" | "os-getSerialConsole" | "os-getSPICEConsole" | "os-getRDPConsole" => {
-            app::get_visible(st, &ctx, &id).await?;
-            return Err(Error::not_implemented(
-                "Consoles come with the console work of Mica; they are not served yet.",
-            ));
+        // Replaced by remote-consoles from 2.6 (Nova serves them up to 2.5).
+        "os-getVNCConsole" | "os-getSerialConsole" | "os-getSPICEConsole" | "os-getRDPConsole"
+            if !mv.at_least(6) =>
+        {
+            let kind = consoles::parse_action_type(name, arg.get("type").and_then(Value::as_str))?;
+            let c = consoles::create(st, &ctx, &id, kind).await?;
+            return Ok(
+                axum::Json(json!({"console": {"type": c.type_, "url": c.url}})).into_response(),
+            );
         }
         other => {
             return Err(Error::bad_request(format!(
@@ -537,18 +542,45 @@ pub async fn action(
     Ok(empty(StatusCode::ACCEPTED))
 }
 
-/// Remote consoles come with the consoles work.
+/// A remote console (2.6+): `vnc`/`novnc` or `serial`/`serial`; the URL
+/// carries a short-lived token for the console proxy.
 #[utoipa::path(post, path = "/v2.1/servers/{id}/remote-consoles", tag = "compute", params(("id" = String, Path)),
-    responses((status = 404, body = Object), (status = 501, body = Object)))]
+    request_body = Object,
+    responses((status = 200, body = Object), (status = 400, body = Object), (status = 404, body = Object),
+        (status = 409, body = Object), (status = 501, body = Object)))]
 pub async fn remote_consoles(
     AxState(st): AxState<State>,
     Auth(ctx): Auth,
+    mv: Mv,
     Path(id): Path<String>,
+    JsonBody(body): JsonBody<Value>,
 ) -> Result<Response> {
-    app::get_visible(&st, &ctx, &id).await?;
-    Err(Error::not_implemented(
-        "Consoles come with the console work of Mica; they are not served yet.",
-    ))
+    if !mv.at_least(6) {
+        return Err(Error::not_found("The resource could not be found."));
+    }
+    let rc = body.get("remote_console").ok_or_else(|| {
+        Error::bad_request(
+            "Invalid input for field/attribute remote_console. 'remote_console' is a required property",
+        )
+    })?;
+    let field = |name: &str| -> Result<String> {
+        match rc.get(name) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(other) => Err(Error::bad_request(format!(
+                "Invalid input for field/attribute {name}. Value: {other}. {other} is not of type 'string'"
+            ))),
+            None => Err(Error::bad_request(format!(
+                "Invalid input for field/attribute remote_console. '{name}' is a required property"
+            ))),
+        }
+    };
+    let (protocol, type_) = (field("protocol")?, field("type")?);
+    let kind = consoles::parse_remote_console(&protocol, &type_, mv.at_least(8))?;
+    let c = consoles::create(&st, &ctx, &id, kind).await?;
+    Ok(axum::Json(
+        json!({"remote_console": {"protocol": c.protocol, "type": c.type_, "url": c.url}}),
+    )
+    .into_response())
 }
 
 // ---- metadata ------------------------------------------------------------------------------

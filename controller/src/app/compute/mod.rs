@@ -4,6 +4,7 @@
 
 pub mod actions;
 pub mod common;
+pub mod consoles;
 pub mod flavors;
 pub mod hosts;
 pub mod keypairs;
