@@ -858,8 +858,10 @@ async fn the_novnc_page_connects_in_chromium() {
     assert_eq!(v["state"], "connected", "{v}");
     assert_eq!(v["canvas"]["width"], 320, "{v}");
     assert!(v["canvas"]["nonBlack"].as_u64().unwrap() > 10_000, "{v}");
-    let keep = std::env::temp_dir().join("mica-novnc-page.png");
-    let _ = std::fs::copy(&shot, &keep);
+    let artifacts = mica_tests::repo_root().join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let keep = artifacts.join("novnc-page-fake-vnc.png");
+    std::fs::copy(&shot, &keep).unwrap();
     eprintln!("screenshot: {}", keep.display());
     f.stop().await;
 }

@@ -3,10 +3,9 @@
 //! a WebSocket client typing into the tiny guest's shell on ttyS0 through
 //! the console proxy and the agent's console channel (forwarded from L1),
 //! forged and expired tokens refused, and the noVNC page in headless
-//! chromium. The VNC half checks what the VMM offers: until mica-vmm serves
-//! a framebuffer, the proxy must say "no VNC console" before upgrading;
-//! once it does, the RFB handshake must come through and the browser must
-//! show the guest's console text (OCR by tesseract).
+//! chromium: the RFB handshake comes through, refused tokens make no
+//! connection to the VMM (its metrics), and the browser shows the guest's
+//! console text (OCR by tesseract).
 
 mod common;
 
@@ -68,6 +67,26 @@ fn answered(text: &str, marker: &str) -> Option<String> {
         (!rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()))
             .then(|| format!("{marker}{rest}"))
     })
+}
+
+/// Connections the VMMs on the compute host have accepted on their VNC
+/// sockets (every VMM's `GET /metrics`, summed).
+fn vnc_clients_accepted(up: &Up) -> u64 {
+    let out = up.on_host(
+        "for s in /run/mica/vmm/*.sock; do curl -sf --unix-socket \"$s\" http://vmm/metrics; echo; done",
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    out.stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            v["display"]["vnc_clients_accepted"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no VNC metrics: {l}"))
+        })
+        .sum()
 }
 
 fn browser_available() -> Result<(), String> {
@@ -160,17 +179,34 @@ fn nested_consoles() {
         started.elapsed()
     );
 
-    // Forged and expired tokens: refused before the upgrade.
+    // Forged and expired tokens: refused before the upgrade, and nothing
+    // reaches the VMM's VNC server (its metrics count every connection it
+    // accepts).
+    let accepted = vnc_clients_accepted(&up);
     let (proxy, _) = url.split_once("/?token=").unwrap();
     let forged = rt.block_on(ws(&format!("{proxy}/?token={}", "ab".repeat(32))));
     assert_eq!(forged.err().map(|e| e.0), Some(401), "a forged token");
     let later = demo.json(&["console", "url", "show", "--serial", "c1"]);
     let later = later["url"].as_str().unwrap().to_owned();
+    let later_vnc = demo.json(&["console", "url", "show", "--novnc", "c1"]);
+    let later_vnc = later_vnc["url"].as_str().unwrap().to_owned();
+    let later_vnc = later_vnc.rsplit_once("token%3D").unwrap().1.to_owned();
     std::thread::sleep(Duration::from_secs(TTL + 1));
     let expired = rt.block_on(ws(&later));
     assert_eq!(expired.err().map(|e| e.0), Some(401), "an expired token");
+    let expired = rt.block_on(ws(&format!("{proxy}/?token={later_vnc}")));
+    assert_eq!(
+        expired.err().map(|e| e.0),
+        Some(401),
+        "an expired VNC token"
+    );
+    assert_eq!(
+        vnc_clients_accepted(&up),
+        accepted,
+        "a refused token made a connection to the VMM"
+    );
 
-    // VNC: what the VMM offers decides what is checked.
+    // VNC through the proxy: the VMM's RFB greeting comes through.
     let novnc = demo.json(&["console", "url", "show", "--novnc", "c1"]);
     let page = novnc["url"].as_str().unwrap().to_owned();
     assert!(
@@ -178,34 +214,22 @@ fn nested_consoles() {
         "{novnc}"
     );
     let token = page.rsplit_once("token%3D").unwrap().1.to_owned();
-    let vnc = rt.block_on(async {
-        match ws(&format!("{proxy}/?token={token}")).await {
-            Ok(mut s) => {
-                let banner = read_until(&mut s, Duration::from_secs(30), |t| t.len() >= 12).await;
-                let _ = s.close(None).await;
-                Ok(banner)
-            }
-            Err(e) => Err(e),
-        }
+    let banner = rt.block_on(async {
+        let mut s = ws(&format!("{proxy}/?token={token}"))
+            .await
+            .expect("the VNC console");
+        let banner = read_until(&mut s, Duration::from_secs(30), |t| t.len() >= 12).await;
+        let _ = s.close(None).await;
+        banner
     });
-    let vnc_served = match &vnc {
-        Ok(banner) => {
-            assert!(banner.starts_with("RFB 003.00"), "{banner:?}");
-            true
-        }
-        Err((409, body)) => {
-            assert!(body.contains("no VNC console"), "{body}");
-            eprintln!("mica-vmm serves no VNC yet: the proxy said so before upgrading");
-            false
-        }
-        Err(other) => panic!("the VNC console: {other:?}"),
-    };
+    assert!(banner.starts_with("RFB 003.008\n"), "{banner:?}");
+    assert_eq!(vnc_clients_accepted(&up), accepted + 1);
 
-    // The noVNC page in headless chromium, with a token of its own. With a
-    // framebuffer, the guest's first virtual terminal (its screen) first
-    // gets a line to read back, written through the serial console.
+    // The noVNC page in headless chromium, with a token of its own. The
+    // guest's first virtual terminal (its screen) first gets a line to read
+    // back, written through the serial console.
     let screen_marker = "MICA CONSOLE OCR";
-    if vnc_served {
+    {
         let serial = demo.json(&["console", "url", "show", "--serial", "c1"]);
         let url = serial["url"].as_str().unwrap().to_owned();
         rt.block_on(async {
@@ -233,36 +257,27 @@ fn nested_consoles() {
         eprintln!("browser: {result}");
         assert_eq!(result["rfb"], true, "noVNC loaded: {result}");
         assert!(std::fs::metadata(&shot).unwrap().len() > 1000);
-        if vnc_served {
-            assert_eq!(result["state"], "connected", "{result}");
-            assert!(
-                result["canvas"]["nonBlack"].as_u64().unwrap_or(0) > 0,
-                "{result}"
-            );
-            // The guest's screen shows the line: text tesseract reads.
-            let out = Command::new("tesseract")
-                .arg(&shot)
-                .arg("-")
-                .output()
-                .expect("tesseract (make setup)");
-            let text = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                text.contains("CONSOLE OCR"),
-                "{screen_marker:?} is not on the guest's screen; tesseract read: {text}"
-            );
-        } else {
-            assert_eq!(result["state"], "error", "{result}");
-            assert!(
-                result["status"]
-                    .as_str()
-                    .unwrap_or("")
-                    .starts_with("Disconnected"),
-                "{result}"
-            );
-        }
+        assert_eq!(result["state"], "connected", "{result}");
+        assert!(
+            result["canvas"]["nonBlack"].as_u64().unwrap_or(0) > 0,
+            "{result}"
+        );
+        // The guest's screen shows the line: text tesseract reads.
+        let out = Command::new("tesseract")
+            .arg(&shot)
+            .arg("-")
+            .output()
+            .expect("tesseract (make setup)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("CONSOLE OCR"),
+            "{screen_marker:?} is not on the guest's screen; tesseract read: {text}"
+        );
         // Keep the screenshot where a person can look at it.
-        let keep = std::env::temp_dir().join("mica-nested-consoles.png");
-        let _ = std::fs::copy(&shot, &keep);
+        let artifacts = mica_tests::repo_root().join("target/test-artifacts");
+        std::fs::create_dir_all(&artifacts).unwrap();
+        let keep = artifacts.join("novnc-page-nested-guest.png");
+        std::fs::copy(&shot, &keep).unwrap();
         eprintln!("screenshot: {}", keep.display());
     }
 }
