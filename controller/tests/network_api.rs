@@ -869,8 +869,67 @@ async fn security_changes_reach_hosts(backend: Backend) {
     env.stop().await;
 }
 
+/// Compute and network quotas live side by side: resetting one service's
+/// quotas of a project leaves the other's alone.
+async fn compute_and_network_quota_resets_are_separate(backend: Backend) {
+    let env = Env::start(backend).await;
+    let admin = env.admin().await;
+    let alice = env.user_with_role("p1", "alice", "member").await;
+    let nova_path = format!("/os-quota-sets/{}", alice.project_id);
+    let neutron_path = format!("/quotas/{}", alice.project_id);
+    let set_both = || async {
+        env.nova_ok(
+            &admin,
+            Method::PUT,
+            &nova_path,
+            56,
+            Some(json!({"quota_set": {"instances": 3}})),
+            200,
+        )
+        .await;
+        ok(
+            &env,
+            &admin,
+            Method::PUT,
+            &neutron_path,
+            Some(json!({"quota": {"port": 7}})),
+            200,
+        )
+        .await;
+    };
+    let limits = || async {
+        let c = env
+            .nova_ok(&admin, Method::GET, &nova_path, 56, None, 200)
+            .await;
+        let n = ok(&env, &admin, Method::GET, &neutron_path, None, 200).await;
+        (
+            c["quota_set"]["instances"].as_i64().unwrap(),
+            n["quota"]["port"].as_i64().unwrap(),
+        )
+    };
+    set_both().await;
+    assert_eq!(limits().await, (3, 7));
+    // Nova's reset: compute limits back to the defaults, network ones kept.
+    env.nova_ok(&admin, Method::DELETE, &nova_path, 56, None, 202)
+        .await;
+    let (instances, port) = limits().await;
+    assert_ne!(instances, 3, "the compute quota was reset");
+    assert_eq!(port, 7, "a compute quota reset kept the network quotas");
+    // Neutron's reset: network limits back to the defaults, compute kept.
+    set_both().await;
+    ok(&env, &admin, Method::DELETE, &neutron_path, None, 204).await;
+    let (instances, port) = limits().await;
+    assert_eq!(
+        instances, 3,
+        "a network quota reset kept the compute quotas"
+    );
+    assert_eq!(port, 500, "the network quota was reset");
+    env.stop().await;
+}
+
 both_databases!(
     networks_subnets_and_ports,
     security_groups_and_the_nova_proxy,
     security_changes_reach_hosts,
+    compute_and_network_quota_resets_are_separate,
 );

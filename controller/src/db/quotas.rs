@@ -55,19 +55,39 @@ pub async fn set_limit<'e>(
     Ok(())
 }
 
-/// Removes the limits of a project (and every user in it) or of one user:
-/// they fall back to the defaults.
+/// Network quotas are rows of the same table, their resources prefixed so.
+pub const NETWORK_PREFIX: &str = "network:";
+
+/// Which service's limits [`delete_limits`] removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaService {
+    Compute,
+    Network,
+}
+
+/// Removes one service's limits of a project (and every user in it) or of
+/// one user: they fall back to the defaults. The other service's stay.
 pub async fn delete_limits<'e>(
     ex: impl Executor<'e, Database = Any>,
+    service: QuotaService,
     project_id: &str,
     user_id: Option<&str>,
 ) -> Result<u64> {
-    let q = match user_id {
-        Some(u) => sqlx::query("DELETE FROM quotas WHERE project_id = $1 AND user_id = $2")
-            .bind(project_id)
-            .bind(u),
-        None => sqlx::query("DELETE FROM quotas WHERE project_id = $1").bind(project_id),
+    let pattern = format!("{NETWORK_PREFIX}%");
+    let which = match service {
+        QuotaService::Compute => "NOT LIKE",
+        QuotaService::Network => "LIKE",
     };
+    let sql = match user_id {
+        Some(_) => format!(
+            "DELETE FROM quotas WHERE project_id = $1 AND resource {which} $2 AND user_id = $3"
+        ),
+        None => format!("DELETE FROM quotas WHERE project_id = $1 AND resource {which} $2"),
+    };
+    let mut q = sqlx::query(&sql).bind(project_id).bind(pattern);
+    if let Some(u) = user_id {
+        q = q.bind(u);
+    }
     Ok(q.execute(ex).await?.rows_affected())
 }
 

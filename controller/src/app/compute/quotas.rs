@@ -454,7 +454,13 @@ pub async fn delete(
         ctx,
         Target::project(project_id),
     )?;
-    store::delete_limits(app.db.pool(), project_id, user_id).await?;
+    store::delete_limits(
+        app.db.pool(),
+        store::QuotaService::Compute,
+        project_id,
+        user_id,
+    )
+    .await?;
     Ok(())
 }
 

@@ -31,7 +31,7 @@ pub const RESOURCES: [&str; 9] = [
 ];
 
 fn key(resource: &str) -> String {
-    format!("network:{resource}")
+    format!("{}{resource}", store::NETWORK_PREFIX)
 }
 
 fn default_of(app: &App, resource: &str) -> i64 {
@@ -187,10 +187,12 @@ pub async fn delete(app: &App, ctx: &Context, project_id: &str) -> Result<()> {
         ctx,
         Target::project(project_id),
     )?;
-    let mut tx = app.db.begin().await?;
-    for r in RESOURCES {
-        store::set_limit(&mut *tx, project_id, None, &key(r), default_of(app, r)).await?;
-    }
-    tx.commit().await?;
+    store::delete_limits(
+        app.db.pool(),
+        store::QuotaService::Network,
+        project_id,
+        None,
+    )
+    .await?;
     Ok(())
 }
