@@ -448,7 +448,7 @@ async fn throughput_processes(replicas: usize) {
             |c| {
                 c.database.max_connections = 16;
                 c.conductor.saga_lease_secs = 20;
-                c.scheduler.service_down_time_secs = 60;
+                c.compute.service_down_time_secs = 60;
             },
             false,
         )

@@ -261,13 +261,9 @@ section! {
         /// (services and heartbeats, aggregates, hypervisors, instance counts).
         host_info_refresh_ms: u64 = 1000,
         /// Seconds between two full reloads of the host-state cache.
+        /// (When a host is down and the default availability zone are
+        /// `[compute]`'s, shared with the API.)
         full_refresh_secs: u64 = 30,
-        /// Seconds without a heartbeat after which a compute service is down
-        /// (Nova's `service_down_time`).
-        service_down_time_secs: i64 = 60,
-        /// The availability zone of hosts in no aggregate that names one
-        /// (Nova's `default_availability_zone`).
-        default_availability_zone: String = "nova".into(),
     }
 }
 

@@ -66,7 +66,7 @@ async fn three_replicas_share_500_builds_onto_400_slots() {
             c.database.max_connections = 8;
             c.conductor.build_timeout_secs = 300;
             // Heartbeats queue behind the burst on the conductor topic.
-            c.scheduler.service_down_time_secs = 60;
+            c.compute.service_down_time_secs = 60;
         },
         false,
     )

@@ -25,7 +25,7 @@ async fn sigkill_in_the_middle_of_twenty_builds() {
             c.conductor.saga_lease_secs = 3;
             // The dead controller reads no heartbeat; hosts must not look
             // down to the next one because of that.
-            c.scheduler.service_down_time_secs = 30;
+            c.compute.service_down_time_secs = 30;
         },
         false,
     )

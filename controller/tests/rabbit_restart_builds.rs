@@ -84,7 +84,7 @@ async fn rabbitmq_restart_during_a_burst_of_builds() {
             &[Hosts::new("host", 5, 32, 32768, 500).build_delay(1000)],
             |c| {
                 // Heartbeats cannot pass while the broker is away.
-                c.scheduler.service_down_time_secs = 180;
+                c.compute.service_down_time_secs = 180;
                 c.conductor.build_timeout_secs = 300;
             },
         )

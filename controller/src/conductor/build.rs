@@ -192,14 +192,7 @@ async fn zone_of(cx: &Cx, host: &str) -> Result<String> {
     Ok(hosts::host_zones(cx.ctx.app.db.pool())
         .await?
         .remove(host)
-        .unwrap_or_else(|| {
-            cx.ctx
-                .app
-                .config
-                .scheduler
-                .default_availability_zone
-                .clone()
-        }))
+        .unwrap_or_else(|| cx.ctx.app.config.compute.default_availability_zone.clone()))
 }
 
 async fn assign(cx: Cx) -> Result<Value, StepError> {

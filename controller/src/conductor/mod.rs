@@ -63,7 +63,7 @@ pub struct Conductor {
 
 impl Conductor {
     /// Whether `host`'s compute service is up (heard from within
-    /// `[scheduler] service_down_time_secs`, not forced down). The service
+    /// `[compute] service_down_time_secs`, not forced down). The service
     /// rows are read at most once a second for every waiting saga.
     pub async fn host_is_up(&self, host: &str) -> Result<bool> {
         let mut cache = self.services.lock().await;
@@ -95,7 +95,7 @@ impl Conductor {
         Ok(cache.1.get(host).is_some_and(|s| {
             s.is_up(
                 crate::db::Timestamp::now(),
-                self.app.config.scheduler.service_down_time_secs,
+                self.app.config.compute.service_down_time_secs,
             )
         }))
     }

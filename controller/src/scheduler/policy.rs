@@ -92,8 +92,8 @@ impl Policy {
             weighers,
             cfg: fs.clone(),
             max_attempts: config.scheduler.max_attempts.max(1),
-            service_down_time: config.scheduler.service_down_time_secs,
-            default_availability_zone: config.scheduler.default_availability_zone.clone(),
+            service_down_time: config.compute.service_down_time_secs,
+            default_availability_zone: config.compute.default_availability_zone.clone(),
         })
     }
 

@@ -168,7 +168,7 @@ pub fn test_config(c: &mut Config) {
     c.conductor.action_timeout_secs = 30;
     c.conductor.shutdown_timeout_secs = 1;
     c.conductor.periodic_interval_secs = 3600;
-    c.scheduler.service_down_time_secs = 5;
+    c.compute.service_down_time_secs = 5;
     c.scheduler.host_info_refresh_ms = 200;
     c.database.max_connections = 16;
 }
