@@ -301,12 +301,16 @@ pub async fn run(config: Config, names: &[String]) -> Result<()> {
     let app = Arc::new(App::new(db.clone(), config.clone())?);
     // The compute API hands work to the conductor over the bus.
     app.connect_rpc().await?;
-    let requeued = images::recover_interrupted_uploads(&app).await?;
-    if requeued > 0 {
-        tracing::warn!(
-            images = requeued,
-            "requeued images whose upload was interrupted by a restart"
-        );
+    // Uploads are the image API's: a scheduler- or conductor-only process
+    // leaves the store alone.
+    if runnable.contains(&Role::Api) {
+        let requeued = images::recover_interrupted_uploads(&app).await?;
+        if requeued > 0 {
+            tracing::warn!(
+                images = requeued,
+                "requeued images whose upload was interrupted by a restart"
+            );
+        }
     }
     let listeners = bind_roles(
         &config,

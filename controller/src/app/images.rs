@@ -15,8 +15,10 @@
 //! `checksum`, `os_hash_value` and `virtual_size`. Any failure — the client
 //! going away, too much data, a bad header — deletes the temporary file and
 //! puts the image back to `queued`, so nothing half-written is ever visible.
-//! A controller killed mid-upload leaves a temporary file; the next start
-//! removes it and requeues its image.
+//! A controller killed mid-upload leaves a temporary file; the next start of
+//! an API process removes it and requeues its image. The file is locked
+//! (`flock`) while its upload runs, so a start never takes the file of an
+//! upload another API process on the same store is receiving.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -111,20 +113,53 @@ impl Store {
             .join(format!("{TEMP_PREFIX}{id}-{}", hex::encode(r)))
     }
 
+    /// Creates an upload's temporary file, locked (`flock`) for as long as
+    /// either returned handle (the same open file) is open: the mark of an
+    /// upload in progress, which [`Store::sweep_temp_files`] leaves alone.
+    fn create_temp(&self, id: &str) -> Result<(PathBuf, std::fs::File, std::fs::File)> {
+        let temp = self.temp_path(id);
+        let failed = |what: &str, e: std::io::Error| {
+            let _ = std::fs::remove_file(&temp);
+            Error::internal(format!("{what} {}", temp.display()), e)
+        };
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .map_err(|e| Error::internal(format!("creating {}", temp.display()), e))?;
+        file.try_lock()
+            .map_err(|e| failed("locking", std::io::Error::from(e)))?;
+        let lock = file.try_clone().map_err(|e| failed("cloning", e))?;
+        Ok((temp, file, lock))
+    }
+
     /// Removes temporary files left by a killed controller; returns the ids of
-    /// the images they belonged to.
+    /// the images they belonged to. A file some process still holds locked
+    /// is an upload in progress (another API process on this store) and is
+    /// kept.
     pub fn sweep_temp_files(&self) -> Result<Vec<String>> {
         let mut ids = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(rest) = name.strip_prefix(TEMP_PREFIX) {
-                // `<uuid>-<16 hex>`
-                if let Some((id, _)) = rest.rsplit_once('-') {
-                    ids.push(id.to_owned());
-                }
-                std::fs::remove_file(entry.path())?;
+            let Some(rest) = name.strip_prefix(TEMP_PREFIX) else {
+                continue;
+            };
+            let file = match std::fs::File::open(entry.path()) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => continue,
+                Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
             }
+            // `<uuid>-<16 hex>`
+            if let Some((id, _)) = rest.rsplit_once('-') {
+                ids.push(id.to_owned());
+            }
+            std::fs::remove_file(entry.path())?;
         }
         Ok(ids)
     }
@@ -923,7 +958,15 @@ where
             img.row.status
         )));
     }
-    let temp = app.images.temp_path(id);
+    // The temporary file stays locked as long as a clone of it is open:
+    // the guard keeps one until the upload is over, past the rename.
+    let (temp, file, lock) = match app.images.create_temp(id) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = store::set_status(app.db.pool(), id, "saving", "queued").await;
+            return Err(e);
+        }
+    };
     // From here until the image is `active`, dropping this future (the
     // client went away, shutdown ran out of grace) must still leave the
     // image `queued` with no data: the guard does it when not disarmed.
@@ -933,8 +976,9 @@ where
         temp: temp.clone(),
         final_path: None,
         armed: true,
+        _lock: Some(lock),
     };
-    let outcome = receive(&temp, body, limit, img.row.disk_format.as_deref()).await;
+    let outcome = receive(file, body, limit, img.row.disk_format.as_deref()).await;
     let result = match outcome {
         Ok(data) => {
             let final_path = app.images.path(id);
@@ -978,6 +1022,8 @@ struct UploadGuard {
     temp: PathBuf,
     final_path: Option<PathBuf>,
     armed: bool,
+    /// Holds the temporary file's lock until the guard goes.
+    _lock: Option<std::fs::File>,
 }
 
 impl UploadGuard {
@@ -1004,6 +1050,7 @@ impl Drop for UploadGuard {
             temp: std::mem::take(&mut self.temp),
             final_path: self.final_path.take(),
             armed: false,
+            _lock: self._lock.take(),
         };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
@@ -1027,9 +1074,10 @@ fn too_big(limit: u64) -> Error {
     ))
 }
 
-/// Receives the body into `temp`, hashing as it goes; validates qcow2.
+/// Receives the body into `file` (the upload's temporary file), hashing as
+/// it goes; validates qcow2.
 async fn receive<S, E>(
-    temp: &Path,
+    file: std::fs::File,
     mut body: S,
     limit: u64,
     disk_format: Option<&str>,
@@ -1038,11 +1086,6 @@ where
     S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
     E: std::fmt::Display,
 {
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(temp)
-        .map_err(|e| Error::internal(format!("creating {}", temp.display()), e))?;
     let (to_writer, mut writer_rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let (to_hasher, mut hasher_rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(String, Vec<u8>)> {
@@ -1225,6 +1268,32 @@ pub async fn download(app: &App, ctx: &Context, id: &str) -> Result<Option<Downl
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sweep_removes_left_uploads_but_not_ones_in_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        // An upload in progress (here or in another API process on the same
+        // store): its file is locked.
+        let (busy, _file, _lock) = store.create_temp("img-busy").unwrap();
+        // One a killed process left: created, then every handle closed.
+        let (left, file, lock) = store.create_temp("img-left").unwrap();
+        drop((file, lock));
+        std::fs::write(dir.path().join("img-done"), b"data").unwrap();
+        assert_eq!(
+            store.sweep_temp_files().unwrap(),
+            vec!["img-left".to_owned()]
+        );
+        assert!(busy.exists(), "an upload in progress lost its file");
+        assert!(!left.exists());
+        assert!(dir.path().join("img-done").exists());
+        // Once the upload is over (its handles closed), the next sweep takes it.
+        drop((_file, _lock));
+        assert_eq!(
+            store.sweep_temp_files().unwrap(),
+            vec!["img-busy".to_owned()]
+        );
+    }
 
     fn qcow2_header(version: u32) -> Vec<u8> {
         let mut h = vec![0u8; 104];
