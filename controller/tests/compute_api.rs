@@ -794,6 +794,30 @@ async fn lists_filter_sort_and_page(backend: Backend) {
         .nova_ok(&alice, Method::GET, "/servers?name=DB", MAX, None, 200)
         .await;
     assert_eq!(names(&plain), ["db-0"], "case-insensitive substring");
+    // `_` in a plain name is a character, not SQL's any-one wildcard.
+    let underscore = env
+        .nova_ok(&alice, Method::GET, "/servers?name=web_1", MAX, None, 200)
+        .await;
+    assert_eq!(names(&underscore), Vec::<String>::new());
+    // A plain name filter pages like any other list.
+    let first_page = env
+        .nova_ok(
+            &alice,
+            Method::GET,
+            "/servers?name=WEB&limit=3",
+            MAX,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(first_page["servers"].as_array().unwrap().len(), 3);
+    assert!(
+        first_page["servers_links"][0]["href"]
+            .as_str()
+            .unwrap()
+            .contains("name=WEB"),
+        "{first_page}"
+    );
     let tagged = env
         .nova_ok(&alice, Method::GET, "/servers?tags=even", MAX, None, 200)
         .await;

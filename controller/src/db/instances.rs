@@ -980,6 +980,9 @@ pub struct InstanceQuery {
     pub not_tags: Vec<String>,
     /// None of these (any).
     pub not_tags_any: Vec<String>,
+    /// `LOWER(display_name) LIKE` this pattern (lower-case, `\` escapes):
+    /// the name filter when it is a plain substring.
+    pub name_like: Option<String>,
     /// Only these uuids, if given (from the IP or name regex filters, done by
     /// the caller).
     pub restrict_to: Option<Vec<String>>,
@@ -1006,6 +1009,11 @@ fn add_filters(q: &mut Sql, f: &InstanceQuery) {
     }
     if let Some(u) = &f.uuids {
         q.push(" AND uuid IN (").bind_list(u.clone()).push(")");
+    }
+    if let Some(pattern) = &f.name_like {
+        q.push(" AND LOWER(display_name) LIKE ")
+            .bind(pattern.clone())
+            .push(" ESCAPE '\\'");
     }
     if let Some(u) = &f.restrict_to {
         q.push(" AND uuid IN (").bind_list(u.clone()).push(")");

@@ -658,20 +658,10 @@ pub async fn list(
     // Filters done outside SQL narrow the uuids first.
     let mut restrict: Option<BTreeSet<String>> = None;
     if let Some(name) = first("name").or_else(|| first("display_name")) {
-        let mut base = q.clone();
-        base.limit = None;
-        base.marker = None;
-        base.sort = vec![];
-        let names = store::list_names(app.db.pool(), &base).await?;
-        let matched: BTreeSet<String> = match sql_like_literal(&name) {
-            Some(_) => {
-                let needle = name.to_lowercase();
-                names
-                    .into_iter()
-                    .filter(|(_, n)| n.to_lowercase().contains(&needle))
-                    .map(|(u, _)| u)
-                    .collect()
-            }
+        // A plain ASCII substring is matched in SQL (LOWER agrees on ASCII
+        // in both databases); a regular expression over the names found.
+        match sql_like_literal(&name).filter(|_| name.is_ascii()) {
+            Some(pattern) => q.name_like = Some(pattern),
             None => {
                 let re = regex::RegexBuilder::new(&name)
                     .case_insensitive(true)
@@ -680,14 +670,20 @@ pub async fn list(
                     .map_err(|_| {
                         Error::bad_request(format!("Invalid regular expression: {name}"))
                     })?;
-                names
-                    .into_iter()
-                    .filter(|(_, n)| re.is_match(n))
-                    .map(|(u, _)| u)
-                    .collect()
+                let mut base = q.clone();
+                base.limit = None;
+                base.marker = None;
+                base.sort = vec![];
+                let names = store::list_names(app.db.pool(), &base).await?;
+                restrict = Some(
+                    names
+                        .into_iter()
+                        .filter(|(_, n)| re.is_match(n))
+                        .map(|(u, _)| u)
+                        .collect(),
+                );
             }
-        };
-        restrict = Some(matched);
+        }
     }
     for key in ["ip", "ip6"] {
         if let Some(pattern) = first(key) {
