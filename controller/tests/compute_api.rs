@@ -2878,7 +2878,37 @@ async fn hosts_zones_aggregates(backend: Backend) {
     env.stop().await;
 }
 
+/// A `limit` above `[compute] max_limit` is capped, and the full page it
+/// gives still links to the next one.
+async fn instance_actions_page_at_max_limit(backend: Backend) {
+    let env = Env::start_with(backend, |c| c.compute.max_limit = 1).await;
+    let fx = fixture(&env).await;
+    let alice = env.user_with_role("p1", "alice", "member").await;
+    let id = create_server(&env, &alice, &fx, "s", json!({})).await;
+    for query in ["?limit=5", ""] {
+        let acts = env
+            .nova_ok(
+                &alice,
+                Method::GET,
+                &format!("/servers/{id}/os-instance-actions{query}"),
+                58,
+                None,
+                200,
+            )
+            .await;
+        assert_eq!(acts["instanceActions"].as_array().unwrap().len(), 1);
+        assert!(
+            acts["links"][0]["href"]
+                .as_str()
+                .is_some_and(|h| h.contains("marker=")),
+            "{query}: a full page links to the next: {acts}"
+        );
+    }
+    env.stop().await;
+}
+
 both_databases!(
+    instance_actions_page_at_max_limit,
     discovery_and_microversions,
     server_fields_by_microversion,
     lists_filter_sort_and_page,

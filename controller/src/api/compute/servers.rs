@@ -955,8 +955,10 @@ pub async fn instance_actions(
         let limit = params
             .iter()
             .find(|(k, _)| k == "limit")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(st.config.compute.max_limit);
+            .and_then(|(_, v)| v.parse::<i64>().ok())
+            .map_or(st.config.compute.max_limit, |l| {
+                l.min(st.config.compute.max_limit)
+            });
         if let Some(l) = next_link(
             &base,
             &format!("/servers/{id}/os-instance-actions"),

@@ -2137,7 +2137,8 @@ pub async fn actions(
     )?;
     let mut since = None;
     let mut before = None;
-    let mut limit = None;
+    // Paged from 2.58 on, like every paged list: at most `max_limit`.
+    let mut limit = (mv >= 58).then_some(app.config.compute.max_limit);
     let mut after = None;
     if mv >= 58 {
         for (k, v) in params {
