@@ -65,6 +65,31 @@ impl NestedOptions {
     }
 }
 
+/// The file in a nested host's shared folder that holds QEMU's pid.
+pub const QEMU_PID_FILE: &str = "qemu.pid";
+
+/// Kills the QEMU of the nested host whose shared folder is `shared_dir`,
+/// if it still runs: for a test whose process that owned the host (`mica
+/// up`, say) had to be killed and so could not power L1 off. Answers
+/// whether there was one to kill.
+pub fn kill_orphaned_qemu(shared_dir: &Path) -> bool {
+    let Ok(pid) = fs::read_to_string(shared_dir.join(QEMU_PID_FILE)) else {
+        return false;
+    };
+    let Ok(pid) = pid.trim().parse::<i32>() else {
+        return false;
+    };
+    // Only that QEMU: its command line names the same shared folder.
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    if !cmdline.contains("qemu-system") || !cmdline.contains(&*shared_dir.to_string_lossy()) {
+        return false;
+    }
+    // SAFETY: a plain kill(2) of a pid checked just above.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    true
+}
+
 /// The address at which L1 reaches this machine's loopback ports listed in
 /// [`NestedOptions::host_ports`].
 pub const HOST_FROM_L1: &str = "10.0.2.100";
@@ -242,6 +267,9 @@ impl NestedHost {
         let lock = machine_lock(opts.shared_lock)?;
         let started = Instant::now();
         let child = cmd.spawn().context("starting qemu-system-x86_64")?;
+        // For whoever must clean up after this process if it is killed
+        // before it can power L1 off ([`kill_orphaned_qemu`]).
+        fs::write(dir.path().join(QEMU_PID_FILE), child.id().to_string())?;
         let mut host = NestedHost {
             _lock: lock,
             name: opts.name,

@@ -107,6 +107,14 @@ impl Up {
         )
     }
 
+    /// The nested compute host's shared folder, if mica up has one.
+    fn job_folder(&self) -> Option<PathBuf> {
+        let v: Value =
+            serde_json::from_str(&std::fs::read_to_string(self.state.join("compute.json")).ok()?)
+                .ok()?;
+        v["job_folder"].as_str().map(PathBuf::from)
+    }
+
     /// Runs a script on the compute host (L1).
     pub fn on_host(&self, script: &str) -> mica_tests::nested::JobOutput {
         let (_, jobs) = self.compute();
@@ -133,6 +141,12 @@ impl Up {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
+                // Killed, mica up could not power its nested host off.
+                if let Some(jobs) = self.job_folder()
+                    && mica_tests::nested::kill_orphaned_qemu(&jobs)
+                {
+                    eprintln!("killed the nested host mica up left running");
+                }
                 return false;
             }
             std::thread::sleep(Duration::from_millis(200));
