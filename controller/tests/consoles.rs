@@ -75,22 +75,9 @@ impl Api {
     }
 
     async fn login(&self, user: &str, password: &str, project: &str) -> String {
-        let resp = self
-            .http
-            .post(format!("{}/v3/auth/tokens", self.identity))
-            .json(&json!({"auth": {
-                "identity": {"methods": ["password"], "password": {"user": {
-                    "name": user, "domain": {"name": "Default"}, "password": password}}},
-                "scope": {"project": {"name": project, "domain": {"id": "default"}}}
-            }}))
-            .send()
+        common::password_login(&self.http, &self.identity, user, password, project)
             .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::CREATED, "login of {user}");
-        resp.headers()["x-subject-token"]
-            .to_str()
-            .unwrap()
-            .to_owned()
+            .token
     }
 
     /// A member of a new project.
@@ -497,51 +484,31 @@ async fn remote_consoles_and_the_proxy(backend: Backend) {
     assert_eq!(agent.console_requests(), 3);
 
     // The noVNC files; nothing outside their folder.
-    let r = api
-        .http
-        .get(format!("http://{proxy}/vnc.html"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    assert!(
-        r.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/html")
-    );
-    assert!(
-        r.text().await.unwrap().contains("./core/rfb.js"),
-        "Mica's page, running noVNC"
-    );
-    let r = api
-        .http
-        .get(format!("http://{proxy}/vnc_lite.html?path=%3Ftoken%3Dx"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let r = api
-        .http
-        .get(format!("http://{proxy}/core/rfb.js"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    assert!(
-        r.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/javascript")
-    );
-    let r = api
-        .http
-        .get(format!("http://{proxy}/nothing.html"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    nova_error(&r.json().await.unwrap(), "itemNotFound", 404);
+    let get = |path: &str| {
+        let req = api.http.get(format!("http://{proxy}{path}"));
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status();
+            let kind = r
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            (status, kind, r.text().await.unwrap())
+        }
+    };
+    let (status, kind, page) = get("/vnc.html").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(kind.starts_with("text/html"), "{kind}");
+    assert!(page.contains("./core/rfb.js"), "Mica's page, running noVNC");
+    let (status, _, _) = get("/vnc_lite.html?path=%3Ftoken%3Dx").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, kind, _) = get("/core/rfb.js").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(kind.starts_with("text/javascript"), "{kind}");
+    let (status, _, body) = get("/nothing.html").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    nova_error(&serde_json::from_str(&body).unwrap(), "itemNotFound", 404);
     for bad in [
         "/../secret.txt",
         "/%2e%2e/secret.txt",

@@ -74,28 +74,7 @@ impl Env {
 
     /// A password token for `user` scoped to `project` (both by name).
     pub async fn login(&self, user: &str, password: &str, project: &str) -> Caller {
-        let resp = self
-            .http
-            .post(format!("{}/v3/auth/tokens", self.identity))
-            .json(&json!({"auth": {
-                "identity": {"methods": ["password"], "password": {"user": {
-                    "name": user, "domain": {"name": "Default"}, "password": password}}},
-                "scope": {"project": {"name": project, "domain": {"id": "default"}}}
-            }}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::CREATED, "login of {user}");
-        let token = resp.headers()["x-subject-token"]
-            .to_str()
-            .unwrap()
-            .to_owned();
-        let body: Value = resp.json().await.unwrap();
-        Caller {
-            token,
-            user_id: body["token"]["user"]["id"].as_str().unwrap().to_owned(),
-            project_id: body["token"]["project"]["id"].as_str().unwrap().to_owned(),
-        }
+        password_login(&self.http, &self.identity, user, password, project).await
     }
 
     pub async fn admin(&self) -> Caller {
@@ -330,4 +309,36 @@ pub async fn placement_error(resp: Response, status: u16) -> (Option<String>, St
         e["code"].as_str().map(str::to_owned),
         e["detail"].as_str().unwrap().to_owned(),
     )
+}
+
+/// A password token for `user` scoped to `project` (both by name), from the
+/// identity API at `identity`.
+pub async fn password_login(
+    http: &reqwest::Client,
+    identity: &str,
+    user: &str,
+    password: &str,
+    project: &str,
+) -> Caller {
+    let resp = http
+        .post(format!("{identity}/v3/auth/tokens"))
+        .json(&json!({"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {
+                "name": user, "domain": {"name": "Default"}, "password": password}}},
+            "scope": {"project": {"name": project, "domain": {"id": "default"}}}
+        }}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED, "login of {user}");
+    let token = resp.headers()["x-subject-token"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = resp.json().await.unwrap();
+    Caller {
+        token,
+        user_id: body["token"]["user"]["id"].as_str().unwrap().to_owned(),
+        project_id: body["token"]["project"]["id"].as_str().unwrap().to_owned(),
+    }
 }
