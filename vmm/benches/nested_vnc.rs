@@ -21,9 +21,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::nested::{Nested, tiny_cmdline};
+use common::nested::{Nested, VNC_TCP, tiny_cmdline};
 use common::rfb::{self, Client};
-use mica_tests::nested::NestedOptions;
 use serde_json::{Value, json};
 
 fn secs() -> u64 {
@@ -59,16 +58,10 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let port = mica_tests::free_port();
-    let mut options = NestedOptions::new("vmm-vnc-bench");
-    options.forwards = vec![(port, 5900)];
-    let Some(n) = Nested::boot_with(options) else {
+    let Some((n, port)) = Nested::boot_for_vnc("vmm-vnc-bench") else {
         return;
     };
-    let _relay = n
-        .host
-        .spawn("exec socat TCP-LISTEN:5900,fork,reuseaddr TCP:127.0.0.1:5901")
-        .unwrap();
+    let _relay = n.vnc_relay();
     let console = "/run/mica-vnc-bench-console.sock";
     let vm = n.start_vm(
         "vncbench",
@@ -77,7 +70,7 @@ fn main() {
             "kernel": n.kernel.vmlinux(), "initrd": n.images.tiny_initramfs(),
             "cmdline": tiny_cmdline("", Some("true")),
             "serial": {"log": "/mica-job/vms/vncbench/serial.log", "socket": console},
-            "display": {"vnc_tcp": "127.0.0.1:5901"},
+            "display": {"vnc_tcp": VNC_TCP},
         }),
     );
     vm.wait_serial("=== mica.run exit=0 ===", Duration::from_secs(300));

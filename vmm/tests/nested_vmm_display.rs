@@ -18,8 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::nested::{Nested, tiny_cmdline};
-use mica_tests::nested::NestedOptions;
+use common::nested::{Nested, VNC_TCP, tiny_cmdline};
 use serde_json::json;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -78,17 +77,10 @@ fn ocr(png: &Path) -> String {
 
 #[test]
 fn nested_display_vnc_ocr_keys_and_ctrl_alt_del() {
-    let port = mica_tests::free_port();
-    let mut options = NestedOptions::new("vmm-display");
-    options.forwards = vec![(port, 5900)];
-    let Some(n) = Nested::boot_with(options) else {
+    let Some((n, port)) = Nested::boot_for_vnc("vmm-display") else {
         return;
     };
-    // L1: 0.0.0.0:5900 (the forward's end) -> the VMM's 127.0.0.1:5901.
-    let _relay = n
-        .host
-        .spawn("exec socat TCP-LISTEN:5900,fork,reuseaddr TCP:127.0.0.1:5901")
-        .unwrap();
+    let _relay = n.vnc_relay();
 
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -122,7 +114,7 @@ fn nested_display_vnc_ocr_keys_and_ctrl_alt_del() {
             "vcpus": 1, "memory_mib": 256,
             "kernel": n.kernel.vmlinux(), "initrd": n.images.tiny_initramfs(),
             "cmdline": tiny_cmdline("", Some(&run)),
-            "display": {"vnc_socket": "/run/mica-display.vnc", "vnc_tcp": "127.0.0.1:5901"},
+            "display": {"vnc_socket": "/run/mica-display.vnc", "vnc_tcp": VNC_TCP},
         }),
     );
     vm.wait_serial("=== mica.run exit=0 ===", SECS(240));

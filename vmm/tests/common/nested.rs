@@ -12,6 +12,11 @@ use serde_json::Value;
 
 use super::vmm_bin;
 
+/// The loopback address a VMM's VNC server listens on in VNC tests (L1).
+pub const VNC_TCP: &str = "127.0.0.1:5901";
+/// L1's port that this machine's forwarded port reaches.
+pub const VNC_RELAY_PORT: u16 = 5900;
+
 /// Quotes a string for bash.
 pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -74,6 +79,26 @@ impl Nested {
             kernel: GuestKernel::locate().unwrap(),
             images: GuestImages::locate().unwrap(),
         })
+    }
+
+    /// Boots L1 for a VNC viewer on this machine: `(L1, local port)`, the
+    /// port forwarded to L1's [`VNC_RELAY_PORT`]; [`Nested::vnc_relay`]
+    /// carries it on to a VMM's `display.vnc_tcp` = [`VNC_TCP`].
+    pub fn boot_for_vnc(name: &str) -> Option<(Self, u16)> {
+        let port = mica_tests::free_port();
+        let mut options = NestedOptions::new(name);
+        options.forwards = vec![(port, VNC_RELAY_PORT)];
+        Self::boot_with(options).map(|n| (n, port))
+    }
+
+    /// L1: 0.0.0.0:[`VNC_RELAY_PORT`] (the forward's end) to [`VNC_TCP`],
+    /// until the job is dropped.
+    pub fn vnc_relay(&self) -> Job<'_> {
+        self.host
+            .spawn(&format!(
+                "exec socat TCP-LISTEN:{VNC_RELAY_PORT},fork,reuseaddr TCP:{VNC_TCP}"
+            ))
+            .unwrap()
     }
 
     /// Runs a script in L1 and returns its stdout; panics if it fails.
