@@ -758,39 +758,13 @@ fn fake_vnc(dir: &Path) -> PathBuf {
     path
 }
 
-/// The noVNC library and the headless browser of `make setup`.
-fn browser_pieces() -> Result<PathBuf, String> {
-    let cache = std::env::var_os("MICA_CACHE").map_or_else(
-        || Path::new(&std::env::var_os("HOME").unwrap()).join(".cache/mica"),
-        PathBuf::from,
-    );
-    for p in [
-        PathBuf::from("/usr/bin/chromium"),
-        cache.join("node/node_modules/playwright-core/package.json"),
-        cache.join("novnc/core/rfb.js"),
-    ] {
-        if !p.exists() {
-            return Err(format!("{} is missing (make setup)", p.display()));
-        }
-    }
-    Ok(cache.join("novnc"))
-}
-
 /// Mica's console page with the real noVNC library, in headless chromium,
 /// through the proxy and a simulated agent's console channel to a fake VNC
 /// socket: the page connects and draws the frame.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_novnc_page_connects_in_chromium() {
-    let novnc = match browser_pieces() {
-        Ok(d) => d,
-        Err(why) => {
-            assert!(
-                std::env::var("MICA_REQUIRE_BROWSER").is_err(),
-                "MICA_REQUIRE_BROWSER is set and {why}"
-            );
-            eprintln!("SKIPPED: {why}");
-            return;
-        }
+    let Some(novnc) = mica_tests::browser::required() else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let (f, _) = start(Backend::Sqlite, 600, &novnc).await;
@@ -805,30 +779,17 @@ async fn the_novnc_page_connects_in_chromium() {
     assert_eq!(s, StatusCode::OK, "{b}");
     let url = b["remote_console"]["url"].as_str().unwrap().to_owned();
     let shot = dir.path().join("novnc.png");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/browser/console.mjs");
-    let out = tokio::process::Command::new("node")
-        .arg(&script)
-        .arg(&url)
-        .arg(&shot)
-        .arg("20000")
-        .output()
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let v = {
+        let shot = shot.clone();
+        tokio::task::spawn_blocking(move || mica_tests::browser::open_console(&url, &shot, 20_000))
+            .await
+            .unwrap()
+    };
     assert_eq!(v["rfb"], true, "{v}");
     assert_eq!(v["state"], "connected", "{v}");
     assert_eq!(v["canvas"]["width"], 320, "{v}");
     assert!(v["canvas"]["nonBlack"].as_u64().unwrap() > 10_000, "{v}");
-    let artifacts = mica_tests::repo_root().join("target/test-artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let keep = artifacts.join("novnc-page-fake-vnc.png");
-    std::fs::copy(&shot, &keep).unwrap();
+    let keep = mica_tests::browser::keep_artifact(&shot, "novnc-page-fake-vnc.png");
     eprintln!("screenshot: {}", keep.display());
     f.stop().await;
 }

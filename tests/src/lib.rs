@@ -5,11 +5,22 @@
 //! - [`nested`]: the nested test host, a QEMU microVM on QEMU's software CPU whose
 //!   own kernel offers a real `/dev/kvm`; every test with a real Linux guest runs
 //!   its commands there.
+//! - [`browser`]: the console page in headless chromium (noVNC).
 //! - [`require`]: the `MICA_REQUIRE_KVM` rule: in CI a missing prerequisite fails
 //!   the test; elsewhere the test says why it is skipped.
 
 pub mod artifacts;
+pub mod browser;
 pub mod nested;
+
+/// Where `make setup` keeps what it installs and builds: `$MICA_CACHE`, or
+/// `~/.cache/mica`.
+pub fn cache_dir() -> std::path::PathBuf {
+    std::env::var_os("MICA_CACHE").map_or_else(
+        || std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/mica"),
+        std::path::PathBuf::from,
+    )
+}
 
 /// Whether the environment insists that KVM-dependent tests run (CI sets
 /// `MICA_REQUIRE_KVM=1`).
@@ -48,11 +59,7 @@ pub fn repo_root() -> std::path::PathBuf {
 /// (`~/.cache/mica/venv/bin/<name>`, or under `MICA_CACHE`): `openstack`,
 /// `nova`. Panics with what to run when it is missing.
 pub fn venv_bin(name: &str) -> std::path::PathBuf {
-    let cache = std::env::var_os("MICA_CACHE").map_or_else(
-        || std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/mica"),
-        std::path::PathBuf::from,
-    );
-    let p = cache.join("venv/bin").join(name);
+    let p = cache_dir().join("venv/bin").join(name);
     assert!(p.exists(), "{} is missing: run `make setup`", p.display());
     p
 }

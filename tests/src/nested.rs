@@ -524,10 +524,7 @@ fn qmp(socket: &Path, command: &str) -> Result<()> {
 /// `~/.cache/mica`), waiting for whoever holds it.
 fn machine_lock(shared: bool) -> Result<fs::File> {
     use std::os::fd::AsRawFd as _;
-    let cache = std::env::var_os("MICA_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/mica")))
-        .context("neither MICA_CACHE nor HOME is set")?;
+    let cache = crate::cache_dir();
     fs::create_dir_all(&cache)?;
     let file = fs::OpenOptions::new()
         .create(true)

@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -87,44 +86,6 @@ fn vnc_clients_accepted(up: &Up) -> u64 {
                 .unwrap_or_else(|| panic!("no VNC metrics: {l}"))
         })
         .sum()
-}
-
-fn browser_available() -> Result<(), String> {
-    let cache = std::env::var_os("MICA_CACHE").map_or_else(
-        || Path::new(&std::env::var_os("HOME").unwrap()).join(".cache/mica"),
-        std::path::PathBuf::from,
-    );
-    for p in [
-        Path::new("/usr/bin/chromium").to_path_buf(),
-        cache.join("node/node_modules/playwright-core/package.json"),
-        cache.join("novnc/core/rfb.js"),
-    ] {
-        if !p.exists() {
-            return Err(format!("{} is missing (make setup)", p.display()));
-        }
-    }
-    Ok(())
-}
-
-/// Runs tests/browser/console.mjs on `url`: its JSON line.
-fn browse(url: &str, shot: &Path) -> serde_json::Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/console.mjs");
-    let out = Command::new("node")
-        .arg(script)
-        .arg(url)
-        .arg(shot)
-        .arg("15000")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "the browser: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
 #[test]
@@ -249,11 +210,14 @@ fn nested_consoles() {
             let _ = s.close(None).await;
         });
     }
-    if mica_tests::require("chromium, playwright-core and noVNC", browser_available()) {
+    if mica_tests::require(
+        "chromium, playwright-core and noVNC",
+        mica_tests::browser::novnc_dir().map(|_| ()),
+    ) {
         let novnc = demo.json(&["console", "url", "show", "--novnc", "c1"]);
         let page = novnc["url"].as_str().unwrap();
         let shot = dir.path().join("console.png");
-        let result = browse(page, &shot);
+        let result = mica_tests::browser::open_console(page, &shot, 15_000);
         eprintln!("browser: {result}");
         assert_eq!(result["rfb"], true, "noVNC loaded: {result}");
         assert!(std::fs::metadata(&shot).unwrap().len() > 1000);
@@ -274,10 +238,7 @@ fn nested_consoles() {
             "{screen_marker:?} is not on the guest's screen; tesseract read: {text}"
         );
         // Keep the screenshot where a person can look at it.
-        let artifacts = mica_tests::repo_root().join("target/test-artifacts");
-        std::fs::create_dir_all(&artifacts).unwrap();
-        let keep = artifacts.join("novnc-page-nested-guest.png");
-        std::fs::copy(&shot, &keep).unwrap();
+        let keep = mica_tests::browser::keep_artifact(&shot, "novnc-page-nested-guest.png");
         eprintln!("screenshot: {}", keep.display());
     }
 }
