@@ -474,8 +474,8 @@ async fn remote_consoles_and_the_proxy(backend: Backend) {
     let b: Value = r.json().await.unwrap();
     assert!(nova_error(&b, "badRequest", 400).contains("WebSocket"));
 
-    // A valid VNC token, but no VNC socket on the host (no framebuffer in
-    // this VMM yet): the host says so, before the upgrade.
+    // A valid VNC token, but no VNC socket on the host (a VMM without a
+    // display): the host says so, before the upgrade.
     let (status, body) = ws(&format!("ws://{proxy}/?token={}", token_in(vnc_url)), None)
         .await
         .expect_err("no VNC console");
