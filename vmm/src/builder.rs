@@ -25,6 +25,7 @@ use crate::config::parse_mac;
 use crate::devices::acpi::{Ged, PmPort};
 use crate::devices::boot_timer::{BootTimer, BootTimerDevice};
 use crate::devices::legacy::{I8042, SerialBackend, SerialConsole, SerialDevice};
+use crate::devices::pci::{PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN, PciConfigIo};
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::mmio::{MmioTransport, REG_QUEUE_NOTIFY};
@@ -246,6 +247,12 @@ pub fn build(
         Arc::new(Mutex::new(PmPort::new(events.clone()))),
         u64::from(ACPI_PM_PORT),
         1,
+    )?;
+    // PCI configuration space with a host bridge only (see devices::pci).
+    pio.insert(
+        Arc::new(Mutex::new(PciConfigIo::new())),
+        u64::from(PCI_CONFIG_PORT),
+        PCI_CONFIG_PORT_LEN,
     )?;
 
     // GED and boot timer.

@@ -48,6 +48,7 @@ CONFIGURATION (vm.json; unknown fields are errors):
 GUEST PLATFORM:
     COM1 16550 (port 0x3f8, IRQ 4), i8042 (ports 0x60/0x64, IRQ 1; reset, Ctrl-Alt-Del),
     ACPI hardware-reduced: RSDP/XSDT/FADT/MADT/DSDT, sleep control at port 0x3c0,
+    PCI configuration ports 0xcf8-0xcff with a host bridge only,
     GED power button; virtio-mmio devices described in the DSDT (LNRO0005),
     in-kernel IOAPIC/LAPIC/PIT; with a display, an EFI-type framebuffer at
     0xd0000000 (boot_params.screen_info). A guest reset that follows

@@ -39,7 +39,8 @@ fn nested_linux_guest_lifecycle() {
                echo online=$(cat /sys/devices/system/cpu/online); \
                echo virtio=$(ls /sys/bus/virtio/devices/ | wc -l); \
                echo hwrng=$(cat /sys/class/misc/hw_random/rng_current); \
-               head -c 16 /dev/hwrng | wc -c | sed 's/^/rng-bytes=/'";
+               head -c 16 /dev/hwrng | wc -c | sed 's/^/rng-bytes=/'; \
+               dmesg | grep -o 'PCI: Using configuration type 1' | sed 's/^/pci: /'";
     let vm = n.start_vm(
         "smp",
         json!({
@@ -77,6 +78,17 @@ fn nested_linux_guest_lifecycle() {
     assert!(serial.contains("virtio=1"), "{serial}");
     assert!(serial.contains("hwrng=virtio_rng"), "{serial}");
     assert!(serial.contains("rng-bytes=16"), "{serial}");
+    // The kernel reaches PCI configuration space (the VMM's host bridge), so a
+    // healthy boot prints no "PCI: Fatal: No config space access function found"
+    // nor any other fatal line.
+    assert!(
+        serial.contains("pci: PCI: Using configuration type 1"),
+        "{serial}"
+    );
+    assert!(
+        !serial.lines().any(|l| l.contains("Fatal")),
+        "a healthy boot printed a Fatal line:\n{serial}"
+    );
 
     let (status, info) = vm.api("GET", "/vm", None);
     assert_eq!(status, 200, "{info}");

@@ -140,6 +140,11 @@ fn nested_all_in_one_end_to_end() {
     let log = demo.ok(&["console", "log", "show", "vm1"]);
     assert!(log.contains("hostname=vm1"), "{log}");
     assert!(log.contains(&format!("ip={ip}")), "{log}");
+    // What a user reads first: a healthy boot has no fatal line in it.
+    assert!(
+        !log.lines().any(|l| l.contains("Fatal")),
+        "the console log of a healthy boot has a Fatal line:\n{log}"
+    );
     wait_pings(&up, &ip, SECS(60));
     let first = vmm_pids(&up, &uuid);
     assert_eq!(first.len(), 1, "one VMM for vm1: {first:?}");

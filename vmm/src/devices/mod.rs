@@ -9,6 +9,7 @@ pub mod acpi;
 pub mod boot_timer;
 pub mod display;
 pub mod legacy;
+pub mod pci;
 pub mod virtio;
 
 use std::collections::BTreeMap;

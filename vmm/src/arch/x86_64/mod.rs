@@ -21,7 +21,8 @@
 //! ```
 //!
 //! I/O ports: COM1 0x3f8 (IRQ 4), i8042 0x60/0x64 (IRQ 1), ACPI sleep control,
-//! sleep status and reset register 0x3c0.
+//! sleep status and reset register 0x3c0, PCI configuration mechanism #1
+//! 0xcf8-0xcff (a host bridge only).
 
 pub mod acpi;
 pub mod boot;
