@@ -185,12 +185,21 @@ pub enum SetupError {
     Images(#[from] ImageError),
     #[error("{0}")]
     Invalid(String),
+    #[error("the compute host cannot run guests: {0}")]
+    Programs(#[from] crate::programs::Missing),
 }
 
 impl VmmBackend {
     /// A backend for `host` with `cfg` (folders created; nothing adopted
     /// until [`Backend::start`]).
     pub fn new(host: &str, cfg: &Config) -> Result<Self, SetupError> {
+        // Every program the backend runs, once, before anything is made.
+        let mut programs =
+            crate::programs::agent_programs(&cfg.images.qemu_img, &cfg.network.dnsmasq);
+        if !cfg.network.security_groups {
+            programs.retain(|p| p.name != "nft");
+        }
+        crate::programs::check(&programs)?;
         for dir in [cfg.agent.state_dir.clone(), cfg.agent.run_dir.join("vmm")] {
             std::fs::create_dir_all(&dir).map_err(|source| SetupError::Dir {
                 path: dir.clone(),

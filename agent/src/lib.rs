@@ -29,6 +29,7 @@ pub mod host;
 pub mod images;
 pub mod locks;
 pub mod network;
+pub mod programs;
 pub mod resources;
 pub mod runner;
 pub mod service;

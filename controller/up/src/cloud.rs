@@ -391,7 +391,7 @@ async fn upload_tiny_image(admin: &Cloud) -> Result<()> {
         .arg(&qcow2)
         .status()
         .await
-        .context("running qemu-img (Debian package qemu-utils)")?;
+        .context("running qemu-img (Debian package qemu-utils; `apt-get install qemu-utils`)")?;
     if !status.success() {
         bail!("qemu-img convert {} failed: {status}", raw.display());
     }

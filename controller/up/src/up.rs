@@ -115,6 +115,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         m => m,
     };
     tracing::info!(state = %state.display(), compute = ?mode, "mica up starting");
+    check_programs(mode)?;
 
     // The controller: every role, on SQLite and (with a local agent) the
     // in-process bus; the nested agent needs RabbitMQ to reach it.
@@ -236,6 +237,32 @@ pub async fn run(args: UpArgs) -> Result<()> {
     db.close().await;
     tracing::info!("mica up stopped");
     Ok(())
+}
+
+/// Every program `mica up` and its compute host will run, checked before
+/// anything starts: a missing one is named with its Debian package. (The
+/// nested compute host's L1 shares this machine's files, so the agent's
+/// programs are checked here in both modes; the agent checks them again.)
+fn check_programs(mode: ComputeMode) -> Result<()> {
+    use mica_agent::programs::{self, Program};
+    let mut needed = vec![Program::new(
+        "qemu-img",
+        "qemu-utils",
+        "the first start's guest image",
+    )];
+    if mode == ComputeMode::Nested {
+        needed.push(Program::new(
+            "qemu-system-x86_64",
+            "qemu-system-x86",
+            "the nested compute host",
+        ));
+    }
+    for p in programs::agent_programs("qemu-img", "dnsmasq") {
+        if !needed.contains(&p) && !needed.iter().any(|n| n.name == p.name) {
+            needed.push(p);
+        }
+    }
+    programs::check(&needed).map_err(|e| anyhow::anyhow!("mica up cannot start: {e}"))
 }
 
 /// The public URL of one API.
