@@ -361,6 +361,38 @@ impl NestedHost {
         read_lossy(&self.dir.path().join("watchdog.log"))
     }
 
+    /// QEMU's pid.
+    pub fn qemu_pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether QEMU has exited, and how; reaps it, so a dead L1 never stays a
+    /// zombie. `None` while it runs.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// How many times in a row the stall watchdog has had to kick L1 (0
+    /// while L1 uses CPU): a supervisor gives up on an L1 that stays stalled.
+    pub fn stall_kicks(&self) -> u32 {
+        self.watchdog
+            .as_ref()
+            .map_or(0, |w| w.kicks.load(Ordering::Relaxed))
+    }
+
+    /// Kills QEMU (a hung L1 that must be restarted).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The last `n` lines of L1's console.
+    pub fn console_tail(&self, n: usize) -> String {
+        let log = self.console_log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
     fn check_alive(&self) -> Result<()> {
         // SAFETY: kill(pid, 0) only checks that the process exists.
         let alive = unsafe { libc::kill(self.child.id() as libc::pid_t, 0) } == 0;
@@ -429,6 +461,8 @@ impl Drop for NestedHost {
 /// `watchdog.log` in the session folder and on stderr.
 struct Watchdog {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Kicks since L1 last used CPU.
+    kicks: std::sync::Arc<std::sync::atomic::AtomicU32>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -440,6 +474,8 @@ impl Watchdog {
     fn start(pid: u32, dir: PathBuf) -> Self {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
+        let kicks = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let kicked = kicks.clone();
         let thread = std::thread::spawn(move || {
             let mut last = cpu_ticks(pid);
             let mut idle_periods = 0;
@@ -450,9 +486,11 @@ impl Watchdog {
                     idle_periods += 1;
                 } else {
                     idle_periods = 0;
+                    kicked.store(0, Ordering::Relaxed);
                 }
                 last = Some(now);
                 if idle_periods * Self::PERIOD.as_secs() as u32 >= Self::STALLED_AFTER {
+                    kicked.fetch_add(1, Ordering::Relaxed);
                     let result = qmp_inject_nmi(&dir.join("qmp.sock"));
                     let line = format!(
                         "L1 used no CPU for {} s: stalled; injected an NMI ({})\n",
@@ -472,7 +510,11 @@ impl Watchdog {
                 }
             }
         });
-        Watchdog { stop, thread }
+        Watchdog {
+            stop,
+            kicks,
+            thread,
+        }
     }
 
     fn stop(self) {

@@ -5,14 +5,18 @@
 
 use std::io::{BufRead as _, Seek as _};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use mica_agent::{Agent, AgentOptions, VmmBackend};
 use mica_controller::config::Config as ControllerConfig;
-use mica_rpc::Rpc;
+use mica_rpc::compute::PowerState;
+use mica_rpc::conductor::{
+    HostInstances, HostInstancesRequest, PowerStateChange, PowerStateChanged,
+};
+use mica_rpc::{Rpc, Topic};
 use mica_tests::nested::{HOST_FROM_L1, JobOutput, NestedHost, NestedOptions};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -259,17 +263,25 @@ const PATH: &str = "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 
 /// The running compute host.
 pub enum ComputeHost {
-    Local {
-        name: String,
-        agent: Agent,
-    },
-    Nested {
-        compute: Box<NestedCompute>,
-        stop_log: Arc<AtomicBool>,
-        /// Where the agent's state (instance disks, image cache, records)
-        /// is kept while the nested host is down.
-        saved: PathBuf,
-    },
+    Local { name: String, agent: Agent },
+    Nested(Box<Supervised>),
+}
+
+/// The nested compute host under `mica up`'s watch: when its QEMU dies (an L1
+/// kernel panic, a kill) or L1 stays stalled, the death is logged at once, the
+/// servers the database placed there are reported stopped (they are gone with
+/// L1's memory), and a new L1 boots with the agent's state as last saved.
+pub struct Supervised {
+    name: String,
+    /// `None` while a new L1 boots.
+    compute: Arc<Mutex<Option<NestedCompute>>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+    /// Where the agent's state (instance disks, image cache, records) is
+    /// kept while the nested host is down.
+    saved: PathBuf,
+    /// The description of the running host (compute.json).
+    described: Arc<Mutex<Value>>,
 }
 
 impl ComputeHost {
@@ -308,15 +320,15 @@ impl ComputeHost {
                 shared_lock: false,
                 console_port: Some(mica_tests::free_port()),
             };
+            let start = options.clone();
             let compute =
-                tokio::task::spawn_blocking(move || NestedCompute::start(&options)).await??;
-            let stop_log = Arc::new(AtomicBool::new(false));
-            follow_log(compute.log_path(), stop_log.clone());
-            return Ok(ComputeHost::Nested {
-                compute: Box::new(compute),
-                stop_log,
-                saved,
-            });
+                tokio::task::spawn_blocking(move || NestedCompute::start(&start)).await??;
+            return Ok(ComputeHost::Nested(Box::new(Supervised::start(
+                compute,
+                options,
+                rpc,
+                state.join("compute.json"),
+            ))));
         }
         // The agent in this process, on the controller's in-process bus.
         let name = host_name();
@@ -349,7 +361,7 @@ impl ComputeHost {
     pub fn name(&self) -> &str {
         match self {
             ComputeHost::Local { name, .. } => name,
-            ComputeHost::Nested { compute, .. } => &compute.name,
+            ComputeHost::Nested(s) => &s.name,
         }
     }
 
@@ -357,7 +369,7 @@ impl ComputeHost {
     pub fn mode_text(&self) -> &'static str {
         match self {
             ComputeHost::Local { .. } => "agent in this process, this machine's KVM",
-            ComputeHost::Nested { .. } => {
+            ComputeHost::Nested(_) => {
                 "inside the nested test host: this machine's KVM cannot run Linux guests"
             }
         }
@@ -367,10 +379,7 @@ impl ComputeHost {
     pub fn describe(&self) -> Value {
         match self {
             ComputeHost::Local { name, .. } => json!({"mode": "local", "host": name}),
-            ComputeHost::Nested { compute, .. } => json!({
-                "mode": "nested", "host": compute.name,
-                "job_folder": compute.host.shared_dir(),
-            }),
+            ComputeHost::Nested(s) => lock(&s.described).clone(),
         }
     }
 
@@ -403,16 +412,201 @@ impl ComputeHost {
     pub async fn stop(self) {
         match self {
             ComputeHost::Local { agent, .. } => agent.shutdown().await,
-            ComputeHost::Nested {
-                compute,
-                stop_log,
-                saved,
-            } => {
-                let _ = tokio::task::spawn_blocking(move || compute.stop(Some(&saved))).await;
-                stop_log.store(true, Ordering::SeqCst);
-            }
+            ComputeHost::Nested(s) => s.stop().await,
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn describe_nested(compute: &NestedCompute) -> Value {
+    json!({
+        "mode": "nested", "host": compute.name,
+        "job_folder": compute.host.shared_dir(),
+        "qemu_pid": compute.host.qemu_pid(),
+    })
+}
+
+/// How often the supervisor looks at L1.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
+/// Watchdog kicks in a row (one per 4 s without CPU use) after which a
+/// stalled L1 is given up and restarted.
+const STALL_KICKS_LIMIT: u32 = 8;
+
+impl Supervised {
+    fn start(
+        compute: NestedCompute,
+        options: NestedComputeOptions,
+        rpc: Rpc,
+        describe_to: PathBuf,
+    ) -> Supervised {
+        let name = compute.name.clone();
+        let saved = options
+            .saved_state
+            .clone()
+            .expect("mica up's nested host keeps its state");
+        let described = Arc::new(Mutex::new(describe_nested(&compute)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let log_stop = Arc::new(AtomicBool::new(false));
+        follow_log(compute.log_path(), log_stop.clone());
+        let compute = Arc::new(Mutex::new(Some(compute)));
+        let task = tokio::spawn(supervise(
+            compute.clone(),
+            options,
+            rpc,
+            stop.clone(),
+            log_stop,
+            described.clone(),
+            describe_to,
+        ));
+        Supervised {
+            name,
+            compute,
+            stop,
+            task,
+            saved,
+            described,
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.task.await;
+        let compute = lock(&self.compute).take();
+        if let Some(compute) = compute {
+            let saved = self.saved;
+            let _ = tokio::task::spawn_blocking(move || compute.stop(Some(&saved))).await;
+        }
+    }
+}
+
+/// Why L1 is gone, if it is: QEMU exited (reaped here), or L1 stayed stalled
+/// through [`STALL_KICKS_LIMIT`] watchdog kicks (QEMU is then killed).
+fn l1_death(compute: &mut NestedCompute) -> Option<String> {
+    let pid = compute.host.qemu_pid();
+    if let Some(status) = compute.host.exited() {
+        return Some(format!("its QEMU (pid {pid}) exited: {status}"));
+    }
+    let kicks = compute.host.stall_kicks();
+    if kicks >= STALL_KICKS_LIMIT {
+        compute.host.kill();
+        return Some(format!(
+            "L1 used no CPU through {kicks} watchdog kicks (stalled); its QEMU (pid {pid}) was killed"
+        ));
+    }
+    None
+}
+
+async fn supervise(
+    compute: Arc<Mutex<Option<NestedCompute>>>,
+    options: NestedComputeOptions,
+    rpc: Rpc,
+    stop: Arc<AtomicBool>,
+    mut log_stop: Arc<AtomicBool>,
+    described: Arc<Mutex<Value>>,
+    describe_to: PathBuf,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        tokio::time::sleep(SUPERVISE_EVERY).await;
+        let death = {
+            let mut guard = lock(&compute);
+            let Some(c) = guard.as_mut() else { continue };
+            l1_death(c).map(|why| (why, c.host.console_tail(15)))
+        };
+        let Some((why, console)) = death else {
+            continue;
+        };
+        let message = format!(
+            "the nested compute host {} died: {why}; marking its servers stopped and booting it again",
+            options.name
+        );
+        tracing::error!("{message}\n--- the end of L1's console ---\n{console}");
+        // Plainly on stderr too, whatever the log filter.
+        eprintln!("mica up: {message}");
+        log_stop.store(true, Ordering::SeqCst);
+        // The old L1's lock, folder and log go before a new one boots.
+        let dead = lock(&compute).take();
+        drop(dead);
+        fence_servers(&rpc, &options.name).await;
+
+        let mut delay = Duration::from_secs(2);
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            let o = options.clone();
+            match tokio::task::spawn_blocking(move || NestedCompute::start(&o)).await {
+                Ok(Ok(c)) => {
+                    log_stop = Arc::new(AtomicBool::new(false));
+                    follow_log(c.log_path(), log_stop.clone());
+                    let d = describe_nested(&c);
+                    if let Ok(text) = serde_json::to_string_pretty(&d) {
+                        let _ = std::fs::write(&describe_to, text);
+                    }
+                    *lock(&described) = d;
+                    tracing::warn!(
+                        host = %options.name,
+                        took = ?c.host.boot_time(),
+                        "the nested compute host is back (its agent registers again)"
+                    );
+                    eprintln!("mica up: the nested compute host {} is back", options.name);
+                    *lock(&compute) = Some(c);
+                    break;
+                }
+                Ok(Err(e)) => tracing::error!("booting the nested compute host again: {e:#}"),
+                Err(e) => tracing::error!("booting the nested compute host again: {e}"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(60));
+        }
+    }
+}
+
+/// Reports every server the database places on the dead `host` as having no
+/// VMM, as the host's own agent would after a restart: the conductor turns
+/// ACTIVE, PAUSED and SUSPENDED servers into SHUTOFF (Nova's power-state sync;
+/// nothing is restarted behind the user's back, as with Nova's default
+/// `resume_guests_state_on_host_boot = false`). Servers with a task in
+/// progress are left to it.
+async fn fence_servers(rpc: &Rpc, host: &str) {
+    let known = match rpc
+        .call_method::<HostInstances>(
+            Topic::conductor(),
+            &HostInstancesRequest {
+                host: host.to_owned(),
+            },
+            Duration::from_secs(30),
+        )
+        .await
+    {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!(%host, "listing the dead host's servers: {e}");
+            return;
+        }
+    };
+    let mut n = 0;
+    for k in known {
+        if k.task_state.is_some() || k.power_state == PowerState::NoState {
+            continue;
+        }
+        let change = PowerStateChange {
+            instance_uuid: k.instance_uuid.clone(),
+            host: host.to_owned(),
+            vmm_id: None,
+            power_state: PowerState::NoState,
+        };
+        match rpc
+            .cast_method::<PowerStateChanged>(Topic::conductor(), &change)
+            .await
+        {
+            Ok(()) => n += 1,
+            Err(e) => tracing::error!(instance = %k.instance_uuid, "reporting a lost server: {e}"),
+        }
+    }
+    tracing::warn!(%host, servers = n, "servers of the dead compute host reported without a VMM");
 }
 
 /// Copies the nested agent's log lines to this process's log.
