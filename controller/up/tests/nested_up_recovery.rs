@@ -98,7 +98,8 @@ fn nested_up_restarts_a_dead_compute_host() {
         "server", "create", "--flavor", "m1.nano", "--image", "tiny", "--wait", "vm2",
     ]);
     assert_eq!(vm2["status"], "ACTIVE", "{vm2}");
-    assert_eq!(admin.server("vm2")["OS-EXT-SRV-ATTR:host"], host.as_str());
+    let vm2_id = vm2["id"].as_str().unwrap();
+    assert_eq!(admin.server(vm2_id)["OS-EXT-SRV-ATTR:host"], host.as_str());
     // And vm1 stays what it is: stopped, not resurrected behind the user's back.
     assert_eq!(demo.server("vm1")["status"], "SHUTOFF");
 }
