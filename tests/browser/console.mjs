@@ -34,9 +34,27 @@ try {
       timeout: waitMs,
     })
     .catch(() => {});
-  // A connected screen gets a moment to draw.
+  // A connected screen draws once the first framebuffer update arrives, which
+  // on a loaded machine (a guest in the nested host, its VNC on an emulated
+  // CPU) can take seconds: wait for any lit pixel, up to the same time-out,
+  // then give the rest of the screen a moment.
   if ((await page.evaluate(() => document.body.dataset.state)) === "connected") {
-    await page.waitForTimeout(1500);
+    await page
+      .waitForFunction(
+        () => {
+          const c = document.querySelector("#screen canvas");
+          if (!c || c.width === 0 || c.height === 0) return false;
+          const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+          for (let i = 0; i < d.length; i += 4) {
+            if (d[i] > 32 || d[i + 1] > 32 || d[i + 2] > 32) return true;
+          }
+          return false;
+        },
+        null,
+        { timeout: waitMs, polling: 250 },
+      )
+      .catch(() => {});
+    await page.waitForTimeout(1000);
   }
   await page.screenshot({ path: shot });
   const result = await page.evaluate(() => {
