@@ -164,12 +164,21 @@ impl HostState {
         self.num_instances = self.num_instances.saturating_sub(1);
     }
 
-    /// Turns a virtual consumption into a landed claim at `generation`.
+    /// Turns a virtual consumption into a landed claim at `generation`. If the
+    /// cache already read the provider at that generation or later (a refresh
+    /// ran between the claim's commit and this call), that read's usage
+    /// includes the claim: only the virtual consumption goes, or the claim
+    /// would count twice and the host look fuller than it is until its next
+    /// change (seen: 9 builds on 3 equal hosts spread 2/3/4 on a loaded
+    /// machine).
     pub fn landed(&mut self, resources: &Resources, generation: i64) {
+        let already_read = self.generation >= generation;
         for (rc, n) in resources {
             let p = self.pending.entry(rc.clone()).or_default();
             *p = (*p - n).max(0);
-            *self.used.entry(rc.clone()).or_default() += n;
+            if !already_read {
+                *self.used.entry(rc.clone()).or_default() += n;
+            }
         }
         self.generation = self.generation.max(generation);
     }
@@ -372,6 +381,25 @@ mod tests {
         assert!(!h2.fits(&big), "max_unit 4 refuses 5 whatever the ratio");
         let other: Resources = [("VGPU".into(), 1)].into();
         assert!(!h2.fits(&other), "no inventory of the class");
+    }
+
+    #[test]
+    fn a_claim_read_back_before_it_lands_counts_once() {
+        let mut h = HostState::new("h", "p", vec![inv("MEMORY_MB", 4096, 1.0)]);
+        h.generation = 3;
+        let req: Resources = [("MEMORY_MB".into(), 1024)].into();
+        h.consume(&req);
+        // The claim commits at generation 4; a refresh reads the provider
+        // (its usage now includes the claim) before the claim is marked landed.
+        h.generation = 4;
+        h.used.insert("MEMORY_MB".into(), 1024);
+        h.landed(&req, 4);
+        assert_eq!(h.usage("MEMORY_MB"), 1024, "counted once");
+        // The usual order: landed first, the cache had not seen it.
+        h.consume(&req);
+        h.landed(&req, 5);
+        assert_eq!(h.usage("MEMORY_MB"), 2048);
+        assert_eq!(h.generation, 5);
     }
 
     #[test]
