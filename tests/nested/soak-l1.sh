@@ -1,32 +1,40 @@
 #!/usr/bin/env bash
 # One nested host's share of the soak (tests/nested/soak.sh), run inside L1:
 # boots real guests ("L2") with mica-vmm, one after another, until MINUTES have
-# passed, cycling through three workloads that each once went wrong here:
-#   io      32 MiB written with fsync to the virtio-blk root disk, read back, powered off
-#   reboot  the guest reboots itself (the VMM exits 3: a reset nobody requested)
-#   cpu     a busy shell loop on 2 vCPUs, then powered off
+# passed, cycling through four workloads that each once went wrong here:
+#   io        32 MiB written with fsync to the virtio-blk root disk, read back, powered off
+#   reboot    the guest reboots itself (the VMM exits 3: a reset nobody requested)
+#   cpu       a busy shell loop on 2 vCPUs, then powered off
+#   randread  20000 random 4 KiB O_DIRECT reads of the disk (blkbench; sustained
+#             small guest I/O once stalled L1 after ~13000 requests), powered off
 # Each boot must end as expected within 180 s. Prints one line per boot and a
 # summary line "soak: N boots, N failed, ...". Exit 1 if any boot failed.
-#   soak-l1.sh MINUTES VMM KERNEL ROOTFS
+#   soak-l1.sh MINUTES VMM KERNEL ROOTFS BLKBENCH
 set -uo pipefail
-minutes=$1 vmm=$2 kernel=$3 rootfs=$4
+minutes=$1 vmm=$2 kernel=$3 rootfs=$4 blkbench=$5
 deadline=$(($(date +%s) + minutes * 60))
 work=/tmp/soak
 mkdir -p "$work"
+# The guest's root disk, with blkbench (static) at /blkbench.
+cp --sparse=always "$rootfs" "$work/base.ext4"
+debugfs -w -R "write $blkbench blkbench" "$work/base.ext4" >/dev/null 2>&1
+debugfs -R "stat blkbench" "$work/base.ext4" 2>/dev/null | grep -q "Size:" || { echo "soak: cannot put blkbench on the disk"; exit 1; }
 b64() { printf '%s' "$1" | base64 -w0; }
 
 boots=0 failed=0 total_ms=0
 while [ "$(date +%s)" -lt "$deadline" ]; do
     boots=$((boots + 1))
-    case $((boots % 3)) in
+    case $((boots % 4)) in
     1) kind=io want=0
        run='dd if=/dev/urandom of=/soak bs=1M count=32 conv=fsync 2>/dev/null && sync && echo 3 >/proc/sys/vm/drop_caches && md5sum /soak >/dev/null && rm /soak && sync; poweroff -f' ;;
     2) kind=reboot want=3
        run='reboot -f' ;;
-    0) kind=cpu want=0
+    3) kind=cpu want=0
        run='i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; poweroff -f' ;;
+    0) kind=randread want=0
+       run='chmod +x /blkbench; for n in 1 2 3 4 5; do /blkbench randread /dev/vda 64 direct || reboot -f; done; poweroff -f' ;;
     esac
-    cp --sparse=always "$rootfs" "$work/root.ext4"
+    cp --sparse=always "$work/base.ext4" "$work/root.ext4"
     cat >"$work/vm.json" <<JSON
 {"vcpus": 2, "memory_mib": 256, "kernel": "$kernel",
  "cmdline": "console=ttyS0 noxsave quiet panic=-1 root=/dev/vda rw mica.hostname=soak$boots mica.run=$(b64 "$run")",

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Soak of the nested test host: boots L1 (tests/nested/), runs guest after
-# guest in it (tests/nested/soak-l1.sh: disk I/O, guest reboots, CPU) for up to
+# guest in it (tests/nested/soak-l1.sh: disk I/O, guest reboots, CPU, sustained
+# small random reads) for up to
 # 50 minutes, powers L1 off, and does it again until MINUTES have passed. Fails
 # on the first L1 that panics, hangs or loses a guest; prints a summary line per
 # L1 and a total. The figures in tests/nested/README.md come from here.
@@ -11,6 +12,8 @@ cd "$(dirname "$0")/../.."
 minutes=${1:-60}
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build -q -p mica-vmm -p mica-tests --bins
+mkdir -p target/soak
+cc -O2 -static -o target/soak/blkbench vmm/benches/blkbench.c
 kernel="$(kernels/build.sh --print-dir)/vmlinux"
 rootfs="$(guest-tools/images/build.sh --print-dir)/tiny.ext4"
 for f in "$kernel" "$rootfs"; do
@@ -26,7 +29,7 @@ while [ "$(date +%s)" -lt "$end" ]; do
     [ "$left" -gt 50 ] && left=50
     echo "soak: L1 #$round for $left minutes" | tee -a "$log"
     if ! target/debug/mica-nested run --cpus "${SOAK_CPUS:-2}" --memory "${SOAK_MEMORY:-2048}" -- \
-        bash tests/nested/soak-l1.sh "$left" "$PWD/target/debug/mica-vmm" "$kernel" "$rootfs" >>"$log" 2>&1; then
+        bash tests/nested/soak-l1.sh "$left" "$PWD/target/debug/mica-vmm" "$kernel" "$rootfs" "$PWD/target/soak/blkbench" >>"$log" 2>&1; then
         grep -E '^soak: [0-9]+ boots|FAILED|mica-nested:' "$log" | tail -n 5
         echo "soak: L1 #$round failed; see $log and target/nested-logs/cli-*.log (L1's console)" >&2
         exit 1
