@@ -9,9 +9,11 @@
 #             small guest I/O once stalled L1 after ~13000 requests), powered off
 # Each boot must end as expected within 180 s. Prints one line per boot and a
 # summary line "soak: N boots, N failed, ...". Exit 1 if any boot failed.
-#   soak-l1.sh MINUTES VMM KERNEL ROOTFS BLKBENCH
+#   soak-l1.sh MINUTES VMM KERNEL ROOTFS BLKBENCH [WORKLOADS]
+# WORKLOADS: the ones to cycle through (default "io reboot cpu randread").
 set -uo pipefail
 minutes=$1 vmm=$2 kernel=$3 rootfs=$4 blkbench=$5
+read -r -a workloads <<<"${6:-io reboot cpu randread}"
 deadline=$(($(date +%s) + minutes * 60))
 work=/tmp/soak
 mkdir -p "$work"
@@ -24,15 +26,17 @@ b64() { printf '%s' "$1" | base64 -w0; }
 boots=0 failed=0 total_ms=0
 while [ "$(date +%s)" -lt "$deadline" ]; do
     boots=$((boots + 1))
-    case $((boots % 4)) in
-    1) kind=io want=0
+    kind=${workloads[$(((boots - 1) % ${#workloads[@]}))]}
+    case $kind in
+    io) want=0
        run='dd if=/dev/urandom of=/soak bs=1M count=32 conv=fsync 2>/dev/null && sync && echo 3 >/proc/sys/vm/drop_caches && md5sum /soak >/dev/null && rm /soak && sync; poweroff -f' ;;
-    2) kind=reboot want=3
+    reboot) want=3
        run='reboot -f' ;;
-    3) kind=cpu want=0
+    cpu) want=0
        run='i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; poweroff -f' ;;
-    0) kind=randread want=0
+    randread) want=0
        run='chmod +x /blkbench; for n in 1 2 3 4 5; do /blkbench randread /dev/vda 64 direct || reboot -f; done; poweroff -f' ;;
+    *) echo "soak: unknown workload $kind"; exit 2 ;;
     esac
     cp --sparse=always "$work/base.ext4" "$work/root.ext4"
     cat >"$work/vm.json" <<JSON

@@ -393,6 +393,12 @@ impl NestedHost {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
+    /// How long ago L1's job loop last wrote its heartbeat (about once a
+    /// second while L1 runs); `None` before the first one.
+    pub fn heartbeat_age(&self) -> Option<Duration> {
+        heartbeat_age(self.dir.path())
+    }
+
     fn check_alive(&self) -> Result<()> {
         // SAFETY: kill(pid, 0) only checks that the process exists.
         let alive = unsafe { libc::kill(self.child.id() as libc::pid_t, 0) } == 0;
@@ -403,6 +409,19 @@ impl NestedHost {
             bail!(
                 "the nested host's QEMU exited\n--- console ---\n{}",
                 self.console_log()
+            );
+        }
+        if let Some(age) = self.heartbeat_age()
+            && age > L1_STALLED_AFTER
+        {
+            let lapic = qmp_human(&self.dir.path().join("qmp.sock"), "info lapic")
+                .unwrap_or_else(|e| format!("(info lapic: {e})"));
+            bail!(
+                "the nested host stopped running: its job loop's last heartbeat is {} s old \
+                 (QEMU's emulated SVM stalled L1: see tests/nested/README.md)\n\
+                 --- L1's local APIC ---\n{lapic}\n--- console ---\n{}",
+                age.as_secs(),
+                self.console_tail(30)
             );
         }
         Ok(())
@@ -468,8 +487,11 @@ struct Watchdog {
 
 impl Watchdog {
     const PERIOD: Duration = Duration::from_secs(2);
-    /// Seconds without CPU use that mean "stalled".
+    /// Seconds without CPU use (or heartbeat) that mean "stalled".
     const STALLED_AFTER: u32 = 4;
+    /// A heartbeat this old means L1's job loop stopped, even if QEMU still
+    /// uses some CPU (its own threads).
+    const HEARTBEAT_STALE: Duration = Duration::from_secs(10);
 
     fn start(pid: u32, dir: PathBuf) -> Self {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -482,7 +504,8 @@ impl Watchdog {
             while !flag.load(Ordering::Relaxed) {
                 std::thread::sleep(Self::PERIOD);
                 let Some(now) = cpu_ticks(pid) else { return };
-                if last.is_some_and(|l| now <= l) {
+                let beat_stale = heartbeat_age(&dir).is_some_and(|a| a > Self::HEARTBEAT_STALE);
+                if last.is_some_and(|l| now <= l) || beat_stale {
                     idle_periods += 1;
                 } else {
                     idle_periods = 0;
@@ -493,7 +516,12 @@ impl Watchdog {
                     kicked.fetch_add(1, Ordering::Relaxed);
                     let result = qmp_inject_nmi(&dir.join("qmp.sock"));
                     let line = format!(
-                        "L1 used no CPU for {} s: stalled; injected an NMI ({})\n",
+                        "L1 {} for {} s: stalled; injected an NMI ({})\n",
+                        if beat_stale {
+                            "ran no job loop"
+                        } else {
+                            "used no CPU"
+                        },
                         idle_periods * Self::PERIOD.as_secs() as u32,
                         match &result {
                             Ok(()) => "ok".to_string(),
@@ -533,12 +561,39 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
+/// A heartbeat older than this fails the host's jobs ([`NestedHost`]'s
+/// liveness check): far longer than a loaded machine delays L1's job loop.
+const L1_STALLED_AFTER: Duration = Duration::from_secs(45);
+
+fn heartbeat_age(dir: &Path) -> Option<Duration> {
+    let modified = fs::metadata(dir.join("heartbeat")).ok()?.modified().ok()?;
+    Some(modified.elapsed().unwrap_or_default())
+}
+
 fn qmp_inject_nmi(socket: &Path) -> Result<()> {
     qmp(socket, "inject-nmi")
 }
 
 /// Runs one QMP command (without arguments) on the QEMU behind `socket`.
 fn qmp(socket: &Path, command: &str) -> Result<()> {
+    qmp_exec(socket, &format!("{{\"execute\":\"{command}\"}}")).map(|_| ())
+}
+
+/// A human monitor command (`info lapic`, `info registers -a`) through QMP;
+/// answers its text.
+fn qmp_human(socket: &Path, command: &str) -> Result<String> {
+    let request = serde_json::json!({
+        "execute": "human-monitor-command",
+        "arguments": {"command-line": command},
+    });
+    let answer = qmp_exec(socket, &request.to_string())?;
+    let v: serde_json::Value = serde_json::from_str(&answer)?;
+    Ok(v["return"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Runs one QMP request (a JSON object) after the capabilities handshake;
+/// answers the line with its `return`.
+fn qmp_exec(socket: &Path, request: &str) -> Result<String> {
     use std::io::{BufRead as _, BufReader, Write as _};
     let stream = std::os::unix::net::UnixStream::connect(socket)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -546,8 +601,8 @@ fn qmp(socket: &Path, command: &str) -> Result<()> {
     let mut writer = stream;
     let mut line = String::new();
     reader.read_line(&mut line)?; // greeting
-    for command in ["qmp_capabilities", command] {
-        writer.write_all(format!("{{\"execute\":\"{command}\"}}\n").as_bytes())?;
+    for request in ["{\"execute\":\"qmp_capabilities\"}", request] {
+        writer.write_all(format!("{request}\n").as_bytes())?;
         loop {
             line.clear();
             reader.read_line(&mut line)?;
@@ -555,11 +610,11 @@ fn qmp(socket: &Path, command: &str) -> Result<()> {
                 break;
             }
             if line.contains("\"error\"") || line.is_empty() {
-                bail!("QMP {command}: {}", line.trim());
+                bail!("QMP {request}: {}", line.trim());
             }
         }
     }
-    Ok(())
+    Ok(line)
 }
 
 /// Takes the machine-wide nested-host lock (`$MICA_CACHE/nested.lock`, default
