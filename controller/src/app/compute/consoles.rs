@@ -163,6 +163,11 @@ pub async fn create(
         )));
     }
     let inst = get_visible(app, ctx, id).await?;
+    app.policy.enforce(
+        "os_compute_api:os-remote-consoles",
+        ctx,
+        crate::policy::Target::project(&inst.project_id),
+    )?;
     let action = match kind {
         ConsoleType::NoVnc => "get_vnc_console",
         ConsoleType::Serial => "get_serial_console",

@@ -2213,6 +2213,11 @@ pub async fn console_output(
     use mica_rpc::Topic;
     use mica_rpc::compute::{ConsoleOutputRequest, GetConsoleOutput};
     let inst = get_visible(app, ctx, id).await?;
+    app.policy.enforce(
+        "os_compute_api:os-console-output",
+        ctx,
+        Target::project(&inst.project_id),
+    )?;
     let host = match inst.host.as_deref() {
         Some(h) if inst.vm_state != vm::BUILDING => h.to_owned(),
         _ => {
