@@ -20,7 +20,10 @@ use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(60);
 
-both_databases!(ports_are_bound_only_by_the_compute_api);
+both_databases!(
+    ports_are_bound_only_by_the_compute_api,
+    readers_and_other_projects_never_write
+);
 
 /// HTTP to the fleet's cloud.
 struct Api {
@@ -51,7 +54,7 @@ impl Api {
             .http
             .request(method, url)
             .header("x-auth-token", &who.token)
-            .header("openstack-api-version", "compute 2.47");
+            .header("openstack-api-version", "compute 2.90");
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -411,5 +414,1277 @@ async fn ports_are_bound_only_by_the_compute_api(backend: Backend) {
             .collect::<Vec<_>>(),
         vec!["net-b"]
     );
+    f.stop().await;
+}
+
+// ---- the policy matrix -------------------------------------------------------------------
+
+/// A write route found in the routers' source: (API, method, path).
+type Route = (&'static str, String, String);
+
+/// The routers: source file → API.
+const ROUTERS: &[(&str, &str)] = &[
+    ("compute/mod.rs", "compute"),
+    ("network.rs", "network"),
+    ("image.rs", "image"),
+    ("identity.rs", "identity"),
+    ("placement/mod.rs", "placement"),
+    ("console_proxy.rs", "console"),
+];
+
+/// Every `.route(path, method(handler).method(handler)…)` of `text`:
+/// (path, methods).
+fn routes_in(text: &str) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(".route(") {
+        let body_start = i + ".route(".len();
+        let bytes = rest.as_bytes();
+        let (mut depth, mut k) = (1, body_start);
+        while depth > 0 {
+            match bytes[k] {
+                b'(' => depth += 1,
+                b')' => depth -= 1,
+                _ => {}
+            }
+            k += 1;
+        }
+        let body = &rest[body_start..k - 1];
+        let path = body.split('"').nth(1).expect("a route's path literal");
+        let mut methods = Vec::new();
+        for m in ["get", "post", "put", "patch", "delete", "head"] {
+            let pat = format!("{m}(");
+            let mut from = 0;
+            while let Some(j) = body[from..].find(&pat) {
+                let at = from + j;
+                let before = body[..at].chars().last();
+                let routing = body[..at].ends_with("routing::");
+                if routing || !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+                    methods.push(m.to_owned());
+                }
+                from = at + pat.len();
+            }
+        }
+        assert!(!methods.is_empty(), "no method parsed in .route({body})");
+        out.push((path.to_owned(), methods));
+        rest = &rest[k..];
+    }
+    out
+}
+
+/// Every write route of every API, from the routers' source; each file of
+/// `src/api` that registers routes must be in [`ROUTERS`].
+fn write_routes() -> Vec<Route> {
+    let api = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api");
+    let mut files = Vec::new();
+    let mut dirs = vec![api.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                files.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for f in files {
+        let rel = f.strip_prefix(&api).unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&f).unwrap();
+        let routes = routes_in(&text);
+        if routes.is_empty() {
+            continue;
+        }
+        let (_, service) = ROUTERS
+            .iter()
+            .find(|(file, _)| *file == rel)
+            .unwrap_or_else(|| panic!("src/api/{rel} registers routes: add it to ROUTERS"));
+        for (path, methods) in routes {
+            let path = if *service == "compute" && !path.starts_with("/v2.1") && path != "/" {
+                format!("/v2.1{path}")
+            } else {
+                path
+            };
+            for m in methods {
+                if ["post", "put", "patch", "delete"].contains(&m.as_str()) {
+                    out.push((*service, m.to_uppercase(), path.clone()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The server actions the compute API dispatches (the string arms of
+/// `match name.as_str()` in its action handler).
+fn server_actions() -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api/compute/servers.rs");
+    let text = std::fs::read_to_string(path).unwrap();
+    let start = text
+        .find("pub async fn action(")
+        .expect("the action handler");
+    let body = &text[start..];
+    let m = body
+        .find("match name.as_str() {")
+        .expect("the action match");
+    let end = body[m..].find("other =>").expect("the fallback arm") + m;
+    let arms = &body[m..end];
+    // The arms are the lines at the first arm's indentation.
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let first = arms
+        .lines()
+        .find(|l| l.trim_start().starts_with('"'))
+        .expect("an arm");
+    let mut out = Vec::new();
+    for line in arms.lines() {
+        let t = line.trim_start();
+        if !t.starts_with('"') || indent(line) != indent(first) {
+            continue;
+        }
+        // `"a" | "b" if … =>` or `"a" => …`
+        let head = t.split("=>").next().unwrap();
+        for part in head.split('|') {
+            if let Some(name) = part
+                .trim()
+                .strip_prefix('"')
+                .and_then(|p| p.split('"').next())
+            {
+                out.push(name.to_owned());
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// One write operation of the matrix.
+struct Case {
+    /// The API and route it covers (`action` for a server action).
+    service: &'static str,
+    method: &'static str,
+    route: &'static str,
+    action: Option<&'static str>,
+    /// The concrete request.
+    path: String,
+    body: Option<Value>,
+    /// Compute microversion (`None`: 2.90) or placement microversion.
+    mv: Option<&'static str>,
+    headers: Vec<(&'static str, String)>,
+    /// What a reader of the owning project gets.
+    reader: u16,
+    /// What a member of another project gets (`None`: the operation has
+    /// no target in another project — a create in one's own project).
+    other: Option<u16>,
+}
+
+fn case(
+    service: &'static str,
+    method: &'static str,
+    route: &'static str,
+    path: String,
+    body: Option<Value>,
+    reader: u16,
+    other: Option<u16>,
+) -> Case {
+    Case {
+        service,
+        method,
+        route,
+        action: None,
+        path,
+        body,
+        mv: None,
+        headers: vec![],
+        reader,
+        other,
+    }
+}
+
+/// The objects of project A every case targets.
+struct Fixture {
+    project_a: String,
+    project_c: String,
+    amy: Caller,
+    server: String,
+    flavor: String,
+    group: String,
+    image: String,
+    queued_image: String,
+    network: String,
+    subnet: String,
+    port: String,
+    security_group: String,
+    rule: String,
+    aggregate: String,
+    role_admin: String,
+    service_id: String,
+    endpoint_id: String,
+}
+
+fn cases(x: &Fixture) -> Vec<Case> {
+    const ADMIN_ONLY: Option<u16> = Some(403);
+    const HIDDEN: Option<u16> = Some(404);
+    let s = &x.server;
+    let mut v = vec![
+        // compute: servers
+        case(
+            "compute",
+            "POST",
+            "/v2.1/servers",
+            "/servers".into(),
+            Some(
+                json!({"server": {"name": "x", "imageRef": x.image, "flavorRef": x.flavor, "networks": "none"}}),
+            ),
+            403,
+            None,
+        ),
+        case(
+            "compute",
+            "PUT",
+            "/v2.1/servers/{id}",
+            format!("/servers/{s}"),
+            Some(json!({"server": {"name": "renamed"}})),
+            403,
+            HIDDEN,
+        ),
+        case(
+            "compute",
+            "DELETE",
+            "/v2.1/servers/{id}",
+            format!("/servers/{s}"),
+            None,
+            403,
+            HIDDEN,
+        ),
+        case(
+            "compute",
+            "POST",
+            "/v2.1/servers/{id}/metadata",
+            format!("/servers/{s}/metadata"),
+            Some(json!({"metadata": {"a": "b"}})),
+            403,
+            HIDDEN,
+        ),
+        case(
+            "compute",
+            "PUT",
+            "/v2.1/servers/{id}/metadata",
+            format!("/servers/{s}/metadata"),
+            Some(json!({"metadata": {"a": "b"}})),
+            403,
+            HIDDEN,
+        ),
+        case(
+            "compute",
+            "PUT",
+            "/v2.1/servers/{id}/metadata/{key}",
+            format!("/servers/{s}/metadata/k"),
+            Some(json!({"meta": {"k": "v2"}})),
+            403,
+            HIDDEN,
+        ),
+        case(
+            "compute",
+            "DELETE",
+            "/v2.1/servers/{id}/metadata/{key}",
+            format!("/servers/{s}/metadata/k"),
+            None,
+            403,
+            HIDDEN,
+        ),
+        case(
+            "compute",
+            "PUT",
+            "/v2.1/servers/{id}/tags",
+            format!("/servers/{s}/tags"),
+            Some(json!({"tags": ["x"]})),
+            403,
+            HIDDEN,
+        ),
+        case(
+            "compute",
+            "DELETE",
+            "/v2.1/servers/{id}/tags",
+            format!("/servers/{s}/tags"),
+            None,
+            403,
+            HIDDEN,
+        ),
+        case(
+            "compute",
+            "PUT",
+            "/v2.1/servers/{id}/tags/{tag}",
+            format!("/servers/{s}/tags/new"),
+            None,
+            403,
+            HIDDEN,
+        ),
+        case(
+            "compute",
+            "DELETE",
+            "/v2.1/servers/{id}/tags/{tag}",
+            format!("/servers/{s}/tags/t"),
+            None,
+            403,
+            HIDDEN,
+        ),
+        case(
+            "compute",
+            "POST",
+            "/v2.1/servers/{id}/remote-consoles",
+            format!("/servers/{s}/remote-consoles"),
+            Some(json!({"remote_console": {"protocol": "vnc", "type": "novnc"}})),
+            403,
+            HIDDEN,
+        ),
+        // compute: flavors (admin only)
+        case(
+            "compute",
+            "POST",
+            "/v2.1/flavors",
+            "/flavors".into(),
+            Some(json!({"flavor": {"name": "z", "ram": 64, "vcpus": 1, "disk": 1}})),
+            403,
+            None,
+        ),
+        case(
+            "compute",
+            "PUT",
+            "/v2.1/flavors/{id}",
+            format!("/flavors/{}", x.flavor),
+            Some(json!({"flavor": {"description": "d"}})),
+            403,
+            ADMIN_ONLY,
+        ),
+        case(
+            "compute",
+            "DELETE",
+            "/v2.1/flavors/{id}",
+            format!("/flavors/{}", x.flavor),
+            None,
+            403,
+            ADMIN_ONLY,
+        ),
+        case(
+            "compute",
+            "POST",
+            "/v2.1/flavors/{id}/action",
+            format!("/flavors/{}/action", x.flavor),
+            Some(json!({"addTenantAccess": {"tenant": x.project_a}})),
+            403,
+            ADMIN_ONLY,
+        ),
+        case(
+            "compute",
+            "POST",
+            "/v2.1/flavors/{id}/os-extra_specs",
+            format!("/flavors/{}/os-extra_specs", x.flavor),
+            Some(json!({"extra_specs": {"hw:cpu_policy": "shared"}})),
+            403,
+            ADMIN_ONLY,
+        ),
+        case(
+            "compute",
+            "PUT",
+            "/v2.1/flavors/{id}/os-extra_specs/{key}",
+            format!("/flavors/{}/os-extra_specs/hw:cpu_policy", x.flavor),
+            Some(json!({"hw:cpu_policy": "shared"})),
+            403,
+            ADMIN_ONLY,
+        ),
+        case(
+            "compute",
+            "DELETE",
+            "/v2.1/flavors/{id}/os-extra_specs/{key}",
+            format!("/flavors/{}/os-extra_specs/hw:cpu_policy", x.flavor),
+            None,
+            403,
+            ADMIN_ONLY,
+        ),
+        // compute: key pairs belong to a user, not a project. Nova's rule
+        // is `admin or user_id:%(user_id)s`: a reader manages its own (201
+        // with a name of its own, below) and never sees another user's.
+        case(
+            "compute",
+            "DELETE",
+            "/v2.1/os-keypairs/{name}",
+            "/os-keypairs/kp-amy".into(),
+            None,
+            404,
+            HIDDEN,
+        ),
+        // compute: server groups
+        case(
+            "compute",
+            "POST",
+            "/v2.1/os-server-groups",
+            "/os-server-groups".into(),
+            Some(json!({"server_group": {"name": "g2", "policy": "affinity"}})),
+            403,
+            None,
+        ),
+        case(
+            "compute",
+            "DELETE",
+            "/v2.1/os-server-groups/{id}",
+            format!("/os-server-groups/{}", x.group),
+            None,
+            403,
+            HIDDEN,
+        ),
+        // compute: admin APIs
+        case(
+            "compute",
+            "PUT",
+            "/v2.1/os-quota-sets/{project}",
+            format!("/os-quota-sets/{}", x.project_a),
+            Some(json!({"quota_set": {"instances": 50}})),
+            403,
+            ADMIN_ONLY,
+        ),
+        case(
+            "compute",
+            "DELETE",
+            "/v2.1/os-quota-sets/{project}",
+            format!("/os-quota-sets/{}", x.project_a),
+            None,
+            403,
+            ADMIN_ONLY,
+        ),
+        case(
+            "compute",
+            "PUT",
+            "/v2.1/os-quota-class-sets/{class}",
+            "/os-quota-class-sets/default".into(),
+            Some(json!({"quota_class_set": {"instances": 50}})),
+            403,
+            ADMIN_ONLY,
+        ),
+        case(
+            "compute",
+            "POST",
+            "/v2.1/os-aggregates",
+            "/os-aggregates".into(),
+            Some(json!({"aggregate": {"name": "ag2"}})),
+            403,
+            ADMIN_ONLY,
+        ),
+        case(
+            "compute",
+            "PUT",
+            "/v2.1/os-aggregates/{id}",
+            format!("/os-aggregates/{}", x.aggregate),
+            Some(json!({"aggregate": {"name": "ag3"}})),
+            403,
+            ADMIN_ONLY,
+        ),
+        case(
+            "compute",
+            "DELETE",
+            "/v2.1/os-aggregates/{id}",
+            format!("/os-aggregates/{}", x.aggregate),
+            None,
+            403,
+            ADMIN_ONLY,
+        ),
+        case(
+            "compute",
+            "POST",
+            "/v2.1/os-aggregates/{id}/action",
+            format!("/os-aggregates/{}/action", x.aggregate),
+            Some(json!({"set_metadata": {"metadata": {"a": "b"}}})),
+            403,
+            ADMIN_ONLY,
+        ),
+        case(
+            "compute",
+            "PUT",
+            "/v2.1/os-services/{id}",
+            "/os-services/host-0".into(),
+            Some(json!({"status": "disabled"})),
+            403,
+            ADMIN_ONLY,
+        ),
+        case(
+            "compute",
+            "DELETE",
+            "/v2.1/os-services/{id}",
+            "/os-services/host-0".into(),
+            None,
+            403,
+            ADMIN_ONLY,
+        ),
+    ];
+    // compute: Nova's security group proxy (up to 2.35)
+    for mut c in [
+        case(
+            "compute",
+            "POST",
+            "/v2.1/os-security-groups",
+            "/os-security-groups".into(),
+            Some(json!({"security_group": {"name": "sg2", "description": "d"}})),
+            403,
+            None,
+        ),
+        case(
+            "compute",
+            "PUT",
+            "/v2.1/os-security-groups/{id}",
+            format!("/os-security-groups/{}", x.security_group),
+            Some(json!({"security_group": {"name": "sg3", "description": "d"}})),
+            403,
+            HIDDEN,
+        ),
+        case(
+            "compute",
+            "DELETE",
+            "/v2.1/os-security-groups/{id}",
+            format!("/os-security-groups/{}", x.security_group),
+            None,
+            403,
+            HIDDEN,
+        ),
+        case(
+            "compute",
+            "POST",
+            "/v2.1/os-security-group-rules",
+            "/os-security-group-rules".into(),
+            Some(
+                json!({"security_group_rule": {"parent_group_id": x.security_group, "ip_protocol": "tcp",
+                "from_port": 22, "to_port": 22, "cidr": "10.0.0.0/8"}}),
+            ),
+            403,
+            HIDDEN,
+        ),
+        case(
+            "compute",
+            "DELETE",
+            "/v2.1/os-security-group-rules/{id}",
+            format!("/os-security-group-rules/{}", x.rule),
+            None,
+            403,
+            HIDDEN,
+        ),
+    ] {
+        c.mv = Some("2.1");
+        v.push(c);
+    }
+    // compute: server actions
+    let actions: &[(&str, Value, Option<&'static str>)] = &[
+        ("os-stop", json!(null), None),
+        ("os-start", json!(null), None),
+        ("reboot", json!({"type": "SOFT"}), None),
+        ("pause", json!(null), None),
+        ("unpause", json!(null), None),
+        ("suspend", json!(null), None),
+        ("resume", json!(null), None),
+        ("resize", json!({"flavorRef": "other-flavor"}), None),
+        ("confirmResize", json!(null), None),
+        ("revertResize", json!(null), None),
+        ("rescue", json!({}), None),
+        ("unrescue", json!(null), None),
+        ("createImage", json!({"name": "snap"}), None),
+        ("migrate", json!(null), None),
+        (
+            "os-migrateLive",
+            json!({"host": null, "block_migration": "auto"}),
+            Some("2.30"),
+        ),
+        ("evacuate", json!({}), Some("2.68")),
+        ("rebuild", json!({"imageRef": x.image}), None),
+        ("trigger_crash_dump", json!(null), Some("2.17")),
+        ("lock", json!(null), None),
+        ("unlock", json!(null), None),
+        ("addSecurityGroup", json!({"name": "default"}), None),
+        ("removeSecurityGroup", json!({"name": "default"}), None),
+        ("os-resetState", json!({"state": "active"}), None),
+        ("os-getConsoleOutput", json!({}), None),
+        ("os-getVNCConsole", json!({"type": "novnc"}), Some("2.1")),
+        (
+            "os-getSerialConsole",
+            json!({"type": "serial"}),
+            Some("2.1"),
+        ),
+        (
+            "os-getSPICEConsole",
+            json!({"type": "spice-html5"}),
+            Some("2.1"),
+        ),
+        (
+            "os-getRDPConsole",
+            json!({"type": "rdp-html5"}),
+            Some("2.1"),
+        ),
+    ];
+    for (name, arg, mv) in actions {
+        let mut c = case(
+            "compute",
+            "POST",
+            "/v2.1/servers/{id}/action",
+            format!("/servers/{s}/action"),
+            Some(json!({ *name: arg })),
+            403,
+            HIDDEN,
+        );
+        c.action = Some(name);
+        c.mv = *mv;
+        v.push(c);
+    }
+    // network
+    v.extend([
+        case("network", "POST", "/v2.0/networks", "/networks".into(), Some(json!({"network": {"name": "n2"}})), 403, None),
+        case("network", "PUT", "/v2.0/networks/{id}", format!("/networks/{}", x.network),
+            Some(json!({"network": {"name": "n3"}})), 403, HIDDEN),
+        case("network", "DELETE", "/v2.0/networks/{id}", format!("/networks/{}", x.network), None, 403, HIDDEN),
+        case("network", "POST", "/v2.0/subnets", "/subnets".into(),
+            Some(json!({"subnet": {"network_id": x.network, "cidr": "10.77.0.0/24", "ip_version": 4}})), 403, HIDDEN),
+        case("network", "PUT", "/v2.0/subnets/{id}", format!("/subnets/{}", x.subnet),
+            Some(json!({"subnet": {"name": "s3"}})), 403, HIDDEN),
+        case("network", "DELETE", "/v2.0/subnets/{id}", format!("/subnets/{}", x.subnet), None, 403, HIDDEN),
+        case("network", "POST", "/v2.0/ports", "/ports".into(),
+            Some(json!({"port": {"network_id": x.network}})), 403, HIDDEN),
+        case("network", "PUT", "/v2.0/ports/{id}", format!("/ports/{}", x.port),
+            Some(json!({"port": {"name": "p3"}})), 403, HIDDEN),
+        case("network", "DELETE", "/v2.0/ports/{id}", format!("/ports/{}", x.port), None, 403, HIDDEN),
+        case("network", "POST", "/v2.0/security-groups", "/security-groups".into(),
+            Some(json!({"security_group": {"name": "sg4"}})), 403, None),
+        case("network", "PUT", "/v2.0/security-groups/{id}", format!("/security-groups/{}", x.security_group),
+            Some(json!({"security_group": {"description": "d2"}})), 403, HIDDEN),
+        case("network", "DELETE", "/v2.0/security-groups/{id}", format!("/security-groups/{}", x.security_group),
+            None, 403, HIDDEN),
+        case("network", "POST", "/v2.0/security-group-rules", "/security-group-rules".into(),
+            Some(json!({"security_group_rule": {"security_group_id": x.security_group, "direction": "ingress",
+                "protocol": "tcp", "port_range_min": 80, "port_range_max": 80}})), 403, HIDDEN),
+        case("network", "DELETE", "/v2.0/security-group-rules/{id}", format!("/security-group-rules/{}", x.rule),
+            None, 403, HIDDEN),
+        case("network", "PUT", "/v2.0/quotas/{project}", format!("/quotas/{}", x.project_a),
+            Some(json!({"quota": {"port": 100}})), 403, ADMIN_ONLY),
+        case("network", "DELETE", "/v2.0/quotas/{project}", format!("/quotas/{}", x.project_a), None, 403, ADMIN_ONLY),
+    ]);
+    // image
+    let img = &x.image;
+    let mut upload = case(
+        "image",
+        "PUT",
+        "/v2/images/{id}/file",
+        format!("/v2/images/{}/file", x.queued_image),
+        None,
+        403,
+        HIDDEN,
+    );
+    upload
+        .headers
+        .push(("content-type", "application/octet-stream".into()));
+    v.extend([
+        case(
+            "image",
+            "POST",
+            "/v2/images",
+            "/v2/images".into(),
+            Some(json!({"name": "i2", "disk_format": "raw", "container_format": "bare"})),
+            403,
+            None,
+        ),
+        case(
+            "image",
+            "DELETE",
+            "/v2/images/{id}",
+            format!("/v2/images/{img}"),
+            None,
+            403,
+            HIDDEN,
+        ),
+        upload,
+        case(
+            "image",
+            "PUT",
+            "/v2/images/{id}/tags/{tag}",
+            format!("/v2/images/{img}/tags/new"),
+            None,
+            403,
+            HIDDEN,
+        ),
+        case(
+            "image",
+            "DELETE",
+            "/v2/images/{id}/tags/{tag}",
+            format!("/v2/images/{img}/tags/t"),
+            None,
+            403,
+            HIDDEN,
+        ),
+        case(
+            "image",
+            "POST",
+            "/v2/images/{id}/members",
+            format!("/v2/images/{img}/members"),
+            Some(json!({"member": x.project_a})),
+            403,
+            HIDDEN,
+        ),
+        // Only the member itself accepts or rejects (Glance's rule).
+        case(
+            "image",
+            "PUT",
+            "/v2/images/{id}/members/{member}",
+            format!("/v2/images/{img}/members/{}", x.project_c),
+            Some(json!({"status": "accepted"})),
+            403,
+            HIDDEN,
+        ),
+        case(
+            "image",
+            "DELETE",
+            "/v2/images/{id}/members/{member}",
+            format!("/v2/images/{img}/members/{}", x.project_c),
+            None,
+            403,
+            HIDDEN,
+        ),
+    ]);
+    let mut patch = case(
+        "image",
+        "PATCH",
+        "/v2/images/{id}",
+        format!("/v2/images/{img}"),
+        Some(json!([{"op": "replace", "path": "/name", "value": "renamed"}])),
+        403,
+        HIDDEN,
+    );
+    patch.headers.push((
+        "content-type",
+        "application/openstack-images-v2.1-json-patch".into(),
+    ));
+    v.push(patch);
+    // placement: operators only
+    let rp = uuid::Uuid::new_v4().to_string();
+    for (method, route, path, body) in [
+        (
+            "POST",
+            "/resource_providers",
+            "/resource_providers".to_owned(),
+            Some(json!({"name": "rp"})),
+        ),
+        (
+            "PUT",
+            "/resource_providers/{uuid}",
+            format!("/resource_providers/{rp}"),
+            Some(json!({"name": "rp2"})),
+        ),
+        (
+            "DELETE",
+            "/resource_providers/{uuid}",
+            format!("/resource_providers/{rp}"),
+            None,
+        ),
+        (
+            "POST",
+            "/resource_providers/{uuid}/inventories",
+            format!("/resource_providers/{rp}/inventories"),
+            Some(json!({"resource_class": "VCPU", "total": 1, "resource_provider_generation": 0})),
+        ),
+        (
+            "PUT",
+            "/resource_providers/{uuid}/inventories",
+            format!("/resource_providers/{rp}/inventories"),
+            Some(json!({"inventories": {}, "resource_provider_generation": 0})),
+        ),
+        (
+            "DELETE",
+            "/resource_providers/{uuid}/inventories",
+            format!("/resource_providers/{rp}/inventories"),
+            None,
+        ),
+        (
+            "PUT",
+            "/resource_providers/{uuid}/inventories/{rc}",
+            format!("/resource_providers/{rp}/inventories/VCPU"),
+            Some(json!({"total": 2, "resource_provider_generation": 0})),
+        ),
+        (
+            "DELETE",
+            "/resource_providers/{uuid}/inventories/{rc}",
+            format!("/resource_providers/{rp}/inventories/VCPU"),
+            None,
+        ),
+        (
+            "PUT",
+            "/resource_providers/{uuid}/aggregates",
+            format!("/resource_providers/{rp}/aggregates"),
+            Some(json!({"aggregates": [], "resource_provider_generation": 0})),
+        ),
+        (
+            "PUT",
+            "/resource_providers/{uuid}/traits",
+            format!("/resource_providers/{rp}/traits"),
+            Some(json!({"traits": [], "resource_provider_generation": 0})),
+        ),
+        (
+            "DELETE",
+            "/resource_providers/{uuid}/traits",
+            format!("/resource_providers/{rp}/traits"),
+            None,
+        ),
+        (
+            "POST",
+            "/resource_classes",
+            "/resource_classes".into(),
+            Some(json!({"name": "CUSTOM_X"})),
+        ),
+        (
+            "PUT",
+            "/resource_classes/{name}",
+            "/resource_classes/CUSTOM_Y".into(),
+            None,
+        ),
+        (
+            "DELETE",
+            "/resource_classes/{name}",
+            "/resource_classes/CUSTOM_Y".into(),
+            None,
+        ),
+        ("PUT", "/traits/{name}", "/traits/CUSTOM_T".into(), None),
+        ("DELETE", "/traits/{name}", "/traits/CUSTOM_T".into(), None),
+        (
+            "PUT",
+            "/allocations/{consumer}",
+            format!("/allocations/{}", x.server),
+            Some(
+                json!({"allocations": {rp.clone(): {"resources": {"VCPU": 1}}}, "project_id": x.project_a, "user_id": x.amy.user_id}),
+            ),
+        ),
+        (
+            "DELETE",
+            "/allocations/{consumer}",
+            format!("/allocations/{}", x.server),
+            None,
+        ),
+        (
+            "POST",
+            "/allocations",
+            "/allocations".into(),
+            Some(
+                json!({x.server.clone(): {"allocations": {rp.clone(): {"resources": {"VCPU": 1}}}, "project_id": x.project_a,
+                "user_id": x.amy.user_id}}),
+            ),
+        ),
+    ] {
+        let mut c = case("placement", method, route, path, body, 403, ADMIN_ONLY);
+        c.mv = Some("1.24");
+        v.push(c);
+    }
+    // identity: administrators', except for one's own password and tokens
+    // (the cases target another user's).
+    let amy = &x.amy.user_id;
+    let mut revoke = case(
+        "identity",
+        "DELETE",
+        "/v3/auth/tokens",
+        "/v3/auth/tokens".into(),
+        None,
+        403,
+        ADMIN_ONLY,
+    );
+    revoke
+        .headers
+        .push(("x-subject-token", x.amy.token.clone()));
+    v.extend([
+        revoke,
+        case("identity", "POST", "/v3/domains", "/v3/domains".into(), Some(json!({"domain": {"name": "d2"}})), 403, ADMIN_ONLY),
+        case("identity", "POST", "/v3/projects", "/v3/projects".into(),
+            Some(json!({"project": {"name": "p2", "domain_id": "default"}})), 403, ADMIN_ONLY),
+        case("identity", "PATCH", "/v3/projects/{id}", format!("/v3/projects/{}", x.project_a),
+            Some(json!({"project": {"description": "x"}})), 403, ADMIN_ONLY),
+        case("identity", "DELETE", "/v3/projects/{id}", format!("/v3/projects/{}", x.project_a), None, 403, ADMIN_ONLY),
+        case("identity", "PUT", "/v3/projects/{project_id}/users/{user_id}/roles/{role_id}",
+            format!("/v3/projects/{}/users/{amy}/roles/{}", x.project_a, x.role_admin), None, 403, ADMIN_ONLY),
+        case("identity", "DELETE", "/v3/projects/{project_id}/users/{user_id}/roles/{role_id}",
+            format!("/v3/projects/{}/users/{amy}/roles/{}", x.project_a, x.role_admin), None, 403, ADMIN_ONLY),
+        case("identity", "POST", "/v3/users", "/v3/users".into(),
+            Some(json!({"user": {"name": "u2", "domain_id": "default"}})), 403, ADMIN_ONLY),
+        case("identity", "PATCH", "/v3/users/{id}", format!("/v3/users/{amy}"),
+            Some(json!({"user": {"enabled": false}})), 403, ADMIN_ONLY),
+        case("identity", "DELETE", "/v3/users/{id}", format!("/v3/users/{amy}"), None, 403, ADMIN_ONLY),
+        case("identity", "POST", "/v3/users/{id}/password", format!("/v3/users/{amy}/password"),
+            Some(json!({"user": {"password": "new-pw", "original_password": "pw-of-user"}})), 403, ADMIN_ONLY),
+        case("identity", "POST", "/v3/roles", "/v3/roles".into(), Some(json!({"role": {"name": "r2"}})), 403, ADMIN_ONLY),
+        case("identity", "DELETE", "/v3/roles/{id}", format!("/v3/roles/{}", x.role_admin), None, 403, ADMIN_ONLY),
+        case("identity", "POST", "/v3/services", "/v3/services".into(),
+            Some(json!({"service": {"type": "x", "name": "x"}})), 403, ADMIN_ONLY),
+        case("identity", "DELETE", "/v3/services/{id}", format!("/v3/services/{}", x.service_id), None, 403, ADMIN_ONLY),
+        case("identity", "POST", "/v3/endpoints", "/v3/endpoints".into(),
+            Some(json!({"endpoint": {"service_id": x.service_id, "interface": "public", "url": "http://x"}})),
+            403, ADMIN_ONLY),
+        case("identity", "DELETE", "/v3/endpoints/{id}", format!("/v3/endpoints/{}", x.endpoint_id), None, 403, ADMIN_ONLY),
+    ]);
+    v
+}
+
+/// Write routes with no reader/other-project case, and why.
+const NOT_IN_MATRIX: &[(&str, &str, &str, &str)] = &[
+    (
+        "identity",
+        "POST",
+        "/v3/auth/tokens",
+        "authentication: anyone with credentials",
+    ),
+    (
+        "compute",
+        "POST",
+        "/v2.1/os-keypairs",
+        "key pairs are the user's own (Nova: admin or user_id): a reader may create one; checked below",
+    ),
+];
+
+impl Api {
+    /// Sends a matrix case as `who`: (status, body text).
+    async fn send(&self, f: &Fleet, c: &Case, who: &Caller) -> (u16, String) {
+        let base = match c.service {
+            "compute" => format!("{}/v2.1", self.compute),
+            "network" => format!("{}/v2.0", self.network),
+            "image" => f.cloud.base(ServiceKind::Image),
+            "identity" => self.identity.clone(),
+            "placement" => f.cloud.base(ServiceKind::Placement),
+            other => panic!("no base for {other}"),
+        };
+        let method = Method::from_bytes(c.method.as_bytes()).unwrap();
+        let mut req = self
+            .http
+            .request(method, format!("{base}{}", c.path))
+            .header("x-auth-token", &who.token);
+        match c.service {
+            "compute" => {
+                req = req.header(
+                    "openstack-api-version",
+                    format!("compute {}", c.mv.unwrap_or("2.90")),
+                )
+            }
+            "placement" => {
+                req = req.header(
+                    "openstack-api-version",
+                    format!("placement {}", c.mv.unwrap_or("1.24")),
+                )
+            }
+            _ => {}
+        }
+        let mut typed = false;
+        for (k, v) in &c.headers {
+            typed |= *k == "content-type";
+            req = req.header(*k, v);
+        }
+        if let Some(b) = &c.body {
+            req = if typed {
+                req.body(b.to_string())
+            } else {
+                req.json(b)
+            };
+        } else if typed {
+            req = req.body("data");
+        }
+        let r = req.send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    }
+
+    /// POST/PUT a JSON body as `who` to `url`; the body of a 2xx answer.
+    async fn made(&self, who: &Caller, method: Method, url: String, body: Value) -> Value {
+        let (s, v) = self
+            .call(who, method.clone(), url.clone(), Some(body))
+            .await;
+        assert!(s.is_success(), "{method} {url}: {s} {v}");
+        v
+    }
+}
+
+/// The policy matrix: every write route of every API (found in the
+/// routers' source, every server action in the action handler), sent by a
+/// reader of the project that owns the target (403) and by a member of
+/// another project (404 for a project's objects, 403 for operators'
+/// operations), as Nova, Neutron, Glance, Placement and Keystone default.
+async fn readers_and_other_projects_never_write(backend: Backend) {
+    let f = Fleet::start(
+        backend,
+        Bus::Memory,
+        &[Hosts::new("host", 1, 8, 8192, 100)],
+        |_| {},
+    )
+    .await;
+    let api = Api::of(&f);
+    let admin = api.admin().await;
+    let compute = |p: &str| format!("{}/v2.1{p}", api.compute);
+    let network = |p: &str| format!("{}/v2.0{p}", api.network);
+    let image = |p: &str| format!("{}{p}", f.cloud.base(ServiceKind::Image));
+    let identity = |p: &str| format!("{}{p}", api.identity);
+
+    let flavor = api
+        .made(
+            &admin,
+            Method::POST,
+            compute("/flavors"),
+            json!({"flavor": {"name": "m1", "ram": 512, "vcpus": 1, "disk": 1}}),
+        )
+        .await["flavor"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let aggregate = api
+        .made(
+            &admin,
+            Method::POST,
+            compute("/os-aggregates"),
+            json!({"aggregate": {"name": "ag"}}),
+        )
+        .await["aggregate"]["id"]
+        .to_string();
+    let amy = api.user_in(&admin, "proj-a", "amy", "member").await;
+    let rita = {
+        // A reader of the same project.
+        let (_, u) = api
+            .keystone(&admin, Method::POST, "/users",
+                Some(json!({"user": {"name": "rita", "password": "pw-of-user", "domain_id": "default"}})))
+            .await;
+        let (_, roles) = api
+            .keystone(&admin, Method::GET, "/roles?name=reader", None)
+            .await;
+        let (s, _) = api
+            .keystone(
+                &admin,
+                Method::PUT,
+                &format!(
+                    "/projects/{}/users/{}/roles/{}",
+                    amy.project_id,
+                    u["user"]["id"].as_str().unwrap(),
+                    roles["roles"][0]["id"].as_str().unwrap()
+                ),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        common::password_login(&api.http, &api.identity, "rita", "pw-of-user", "proj-a").await
+    };
+    let bob = api.user_in(&admin, "proj-b", "bob", "member").await;
+    let carl = api.user_in(&admin, "proj-c", "carl", "member").await;
+    let (_, roles) = api
+        .keystone(&admin, Method::GET, "/roles?name=admin", None)
+        .await;
+    let role_admin = roles["roles"][0]["id"].as_str().unwrap().to_owned();
+    let (_, services) = api.keystone(&admin, Method::GET, "/services", None).await;
+    let service_id = services["services"][0]["id"].as_str().unwrap().to_owned();
+    let (_, endpoints) = api.keystone(&admin, Method::GET, "/endpoints", None).await;
+    let endpoint_id = endpoints["endpoints"][0]["id"].as_str().unwrap().to_owned();
+
+    // Project A's objects.
+    let net = api.network_with_subnet(&amy, "net-a", "10.30.0.0/24").await;
+    let (_, subnets) = api
+        .neutron(
+            &amy,
+            Method::GET,
+            &format!("/subnets?network_id={net}"),
+            None,
+        )
+        .await;
+    let subnet = subnets["subnets"][0]["id"].as_str().unwrap().to_owned();
+    let port = api
+        .made(
+            &amy,
+            Method::POST,
+            network("/ports"),
+            json!({"port": {"network_id": net}}),
+        )
+        .await["port"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let group = api
+        .made(
+            &amy,
+            Method::POST,
+            network("/security-groups"),
+            json!({"security_group": {"name": "sg-a"}}),
+        )
+        .await["security_group"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rule = api
+        .made(
+            &amy,
+            Method::POST,
+            network("/security-group-rules"),
+            json!({"security_group_rule": {"security_group_id": group, "direction": "ingress",
+                "protocol": "tcp", "port_range_min": 22, "port_range_max": 22}}),
+        )
+        .await["security_group_rule"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let server = api
+        .made(&amy, Method::POST, compute("/servers"),
+            json!({"server": {"name": "vm-a", "imageRef": f.image_id, "flavorRef": flavor, "networks": "none",
+                "metadata": {"k": "v"}, "tags": ["t"]}}))
+        .await["server"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let view = api.settle(&amy, &server).await;
+    assert_eq!(view["status"], "ACTIVE", "{view}");
+    let server_group = api
+        .made(
+            &amy,
+            Method::POST,
+            compute("/os-server-groups"),
+            json!({"server_group": {"name": "g", "policy": "anti-affinity"}}),
+        )
+        .await["server_group"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    api.made(
+        &amy,
+        Method::POST,
+        compute("/os-keypairs"),
+        json!({"keypair": {"name": "kp-amy"}}),
+    )
+    .await;
+    let mk_image = |visibility: &'static str| {
+        let api = &api;
+        let amy = &amy;
+        let url = image("/v2/images");
+        async move {
+            api.made(
+                amy,
+                Method::POST,
+                url,
+                json!({"name": "img-a", "disk_format": "raw", "container_format": "bare",
+                    "visibility": visibility, "tags": ["t"]}),
+            )
+            .await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let img = mk_image("shared").await;
+    let queued = mk_image("private").await;
+    api.made(
+        &amy,
+        Method::POST,
+        image(&format!("/v2/images/{img}/members")),
+        json!({"member": carl.project_id}),
+    )
+    .await;
+    let _ = identity;
+
+    let x = Fixture {
+        project_a: amy.project_id.clone(),
+        project_c: carl.project_id.clone(),
+        amy: amy.clone(),
+        server: server.clone(),
+        flavor,
+        group: server_group,
+        image: img,
+        queued_image: queued,
+        network: net,
+        subnet,
+        port,
+        security_group: group,
+        rule,
+        aggregate,
+        role_admin,
+        service_id,
+        endpoint_id,
+    };
+    let all = cases(&x);
+
+    // The matrix covers every write route and every server action.
+    let routes = write_routes();
+    assert!(routes.len() > 90, "found {} write routes", routes.len());
+    let mut missing = Vec::new();
+    for (service, method, path) in &routes {
+        let covered = all
+            .iter()
+            .any(|c| c.service == *service && c.method == method && c.route == path)
+            || NOT_IN_MATRIX
+                .iter()
+                .any(|(s, m, p, _)| s == service && m == method && p == path);
+        if !covered {
+            missing.push(format!("{service} {method} {path}"));
+        }
+    }
+    for c in &all {
+        assert!(
+            routes
+                .iter()
+                .any(|(s, m, p)| *s == c.service && m == c.method && p == c.route),
+            "a case for a route that does not exist: {} {} {}",
+            c.service,
+            c.method,
+            c.route
+        );
+    }
+    let actions = server_actions();
+    assert!(actions.len() > 20, "found actions {actions:?}");
+    for a in &actions {
+        if !all.iter().any(|c| c.action == Some(a.as_str())) {
+            missing.push(format!("server action {a}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "write operations without a policy case:\n{}",
+        missing.join("\n")
+    );
+
+    // Every case, as the reader and as the other project's member.
+    let mut wrong = Vec::new();
+    for c in &all {
+        let what = format!(
+            "{} {} {}{}",
+            c.service,
+            c.method,
+            c.path,
+            c.action.map(|a| format!(" ({a})")).unwrap_or_default()
+        );
+        let (got, body) = api.send(&f, c, &rita).await;
+        if got != c.reader {
+            wrong.push(format!("reader: {what}: {got} (want {}) {body}", c.reader));
+        }
+        if let Some(want) = c.other {
+            let (got, body) = api.send(&f, c, &bob).await;
+            if got != want {
+                wrong.push(format!("other project: {what}: {got} (want {want}) {body}"));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cases wrong:\n{}",
+        wrong.len(),
+        all.len(),
+        wrong.join("\n")
+    );
+
+    // Nothing of A's changed.
+    let view = api.settle(&amy, &server).await;
+    assert_eq!(view["name"], "vm-a");
+    assert_eq!(view["status"], "ACTIVE");
+    assert_eq!(view["metadata"], json!({"k": "v"}));
+    // Key pairs are the user's own, in Nova's rule: the reader has its own.
+    let (s, kp) = api
+        .nova(
+            &rita,
+            Method::POST,
+            "/os-keypairs",
+            Some(json!({"keypair": {"name": "kp-rita"}})),
+        )
+        .await;
+    assert!(s.is_success(), "{kp}");
+    let (s, _) = api
+        .nova(&rita, Method::DELETE, "/os-keypairs/kp-rita", None)
+        .await;
+    assert!(s.is_success());
     f.stop().await;
 }
