@@ -403,6 +403,7 @@ pub async fn create_subnet(app: &App, ctx: &Context, s: NewSubnet) -> Result<Sub
             s.cidr
         )));
     }
+    addr::check_tenant_cidr(&cidr)?;
     let gateway = match &s.gateway_ip {
         None => Some(cidr.host_range().0),
         Some(None) => None,
@@ -412,6 +413,7 @@ pub async fn create_subnet(app: &App, ctx: &Context, s: NewSubnet) -> Result<Sub
                     "Invalid input for gateway_ip. Reason: '{g}' is not a valid IP address."
                 ))
             })?;
+            addr::check_tenant_gateway(v, ver)?;
             if ver != cidr.version || !cidr.contains(v) {
                 return Err(Error::bad_request(format!(
                     "Gateway IP {g} is not in the subnet {}.",
@@ -555,6 +557,7 @@ pub async fn update_subnet(
                     "Invalid input for gateway_ip. Reason: '{g}' is not a valid IP address."
                 ))
             })?;
+            addr::check_tenant_gateway(v, ver)?;
             if ver != cidr.version || !cidr.contains(v) {
                 return Err(Error::bad_request(format!(
                     "Gateway IP {g} is not in the subnet {}.",
