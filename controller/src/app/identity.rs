@@ -376,8 +376,16 @@ pub async fn issue_token(app: &App, creds: Credentials, scope: Scope) -> Result<
         issued_at: now,
         expires_at,
         revoked: false,
+        parent_audit_id: audit_ids.get(1).cloned(),
     };
     store::insert_token(app.db.pool(), &record).await?;
+    // A parent revoked while this token was made takes it along.
+    if let Some(parent) = &record.parent_audit_id
+        && store::audit_revoked(app.db.pool(), parent).await?
+    {
+        store::revoke_token(app.db.pool(), &record.id_hash).await?;
+        return Err(Error::unauthorized(UNAUTHORIZED));
+    }
     Ok(Issued {
         token,
         audit_ids,
@@ -419,6 +427,7 @@ pub async fn issue_delegated_token(
         issued_at: now,
         expires_at: now.plus_secs(ttl_secs.max(1)),
         revoked: false,
+        parent_audit_id: None,
     };
     store::insert_token(app.db.pool(), &record).await?;
     Ok(token)
@@ -503,6 +512,12 @@ pub async fn revoke_token(app: &App, caller: &Context, subject: &str) -> Result<
             "Could not find token: {}",
             short(subject)
         )));
+    }
+    // And every token rescoped from it, down the chain.
+    let mut conn = app.db.pool().acquire().await?;
+    let n = store::revoke_descendants(&mut conn, &subject_ctx.audit_id).await?;
+    if n > 0 {
+        tracing::info!(user = %subject_ctx.user_id, tokens = n, "rescoped tokens revoked with their parent");
     }
     Ok(())
 }
@@ -888,6 +903,12 @@ pub async fn update_user(
     {
         return Err(Error::not_found(format!("Could not find user: {id}.")));
     }
+    // Keystone: a new password or a disabled user ends every token the
+    // user had, for good (enabling the user again revives none).
+    if update.password_hash.is_some() || update.enabled == Some(false) {
+        let n = store::revoke_user_tokens(app.db.pool(), id).await?;
+        tracing::info!(user = %id, tokens = n, "tokens revoked (password changed or user disabled)");
+    }
     get_user(app, ctx, id).await
 }
 
@@ -917,6 +938,9 @@ pub async fn change_password(
         },
     )
     .await?;
+    // Every earlier token of the user ends, the caller's own included.
+    let n = store::revoke_user_tokens(app.db.pool(), id).await?;
+    tracing::info!(user = %id, tokens = n, "tokens revoked (password changed)");
     Ok(())
 }
 
