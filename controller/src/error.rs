@@ -245,6 +245,16 @@ impl From<sqlx::Error> for Error {
                     err.source = Some(Box::new(e));
                     return err;
                 }
+                // SQLSTATE class 22, "data exception": a value the database
+                // refuses (a NUL in text, a number out of range, a string too
+                // long) came from the request.
+                _ if db.code().is_some_and(|c| c.starts_with("22")) => {
+                    let mut err = Error::bad_request(
+                        "Invalid input: the database refused a value of the request.",
+                    );
+                    err.source = Some(Box::new(e));
+                    return err;
+                }
                 sqlx::error::ErrorKind::ForeignKeyViolation => {
                     let mut err =
                         Error::conflict("The object refers to, or is referred to by, another.");

@@ -105,6 +105,21 @@ pub fn router(kind: ServiceKind, app: Arc<App>) -> Option<Router> {
         ServiceKind::ConsoleProxy => api::console_proxy::router(app),
         _ => return None,
     };
+    let style = match kind {
+        ServiceKind::Identity => api::ErrorStyle::Keystone,
+        ServiceKind::Placement => api::ErrorStyle::Placement,
+        ServiceKind::Network => api::ErrorStyle::Neutron,
+        _ => api::ErrorStyle::Nova,
+    };
+    // The console proxy answers a bad token (NUL or not) with its own 401
+    // and sends only the token's hash to the database.
+    let r = if kind == ServiceKind::ConsoleProxy {
+        r
+    } else {
+        r.layer(axum::middleware::from_fn(move |req, next| {
+            api::refuse_nul(style, req, next)
+        }))
+    };
     Some(r.layer(axum::middleware::from_fn(api::request_context)))
 }
 

@@ -22,7 +22,10 @@ const T: Duration = Duration::from_secs(60);
 
 both_databases!(
     ports_are_bound_only_by_the_compute_api,
-    readers_and_other_projects_never_write
+    readers_and_other_projects_never_write,
+    nul_characters_are_400_everywhere,
+    data_errors_of_the_database_are_400,
+    parallel_deletes_of_one_security_group,
 );
 
 /// HTTP to the fleet's cloud.
@@ -1687,4 +1690,248 @@ async fn readers_and_other_projects_never_write(backend: Backend) {
         .await;
     assert!(s.is_success());
     f.stop().await;
+}
+
+// ---- races and encodings -------------------------------------------------------------------
+
+/// A NUL character in a JSON string, a path or a query string is a 400 in
+/// each API's own error body, on both databases (PostgreSQL refuses NUL in
+/// text; SQLite would store it).
+async fn nul_characters_are_400_everywhere(backend: Backend) {
+    let env = common::Env::start(backend).await;
+    let admin = env.admin().await;
+    let alice = env.user_with_role("p1", "alice", "member").await;
+    let nul = "a\u{0}b";
+    let check = |service: &str, status: u16, body: &str| {
+        assert_eq!(status, 400, "{service}: {body}");
+        let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+        let ok = match service {
+            "network" => v["NeutronError"]["message"].is_string(),
+            "identity" => v["error"]["code"] == 400,
+            "placement" => v["errors"][0]["status"] == 400,
+            _ => v["badRequest"]["code"] == 400,
+        };
+        assert!(ok, "{service}: not its error body: {body}");
+    };
+    let send = |who: &Caller, method: Method, url: String, body: Option<Value>| {
+        let mut req = env
+            .http
+            .request(method, url)
+            .header("x-auth-token", &who.token)
+            .header("openstack-api-version", "placement 1.24");
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let s = r.status().as_u16();
+            (s, r.text().await.unwrap())
+        }
+    };
+    let n = format!("{}/v2.0", env.network);
+    let c = format!("{}/v2.1", env.compute);
+    let i = env.identity.clone();
+    let g = env.image.clone();
+    let p = env.placement.clone();
+    let bodies: Vec<(&str, &Caller, String, Value)> = vec![
+        (
+            "network",
+            &alice,
+            format!("{n}/security-groups"),
+            json!({"security_group": {"name": nul}}),
+        ),
+        (
+            "network",
+            &alice,
+            format!("{n}/networks"),
+            json!({"network": {"name": nul}}),
+        ),
+        (
+            "network",
+            &alice,
+            format!("{n}/networks"),
+            json!({"network": {"name": "x", "description": nul}}),
+        ),
+        (
+            "compute",
+            &alice,
+            format!("{c}/os-keypairs"),
+            json!({"keypair": {"name": nul}}),
+        ),
+        (
+            "compute",
+            &admin,
+            format!("{c}/flavors"),
+            json!({"flavor": {"name": nul, "ram": 64, "vcpus": 1, "disk": 1}}),
+        ),
+        (
+            "compute",
+            &alice,
+            format!("{c}/os-server-groups"),
+            json!({"server_group": {"name": nul, "policies": ["affinity"]}}),
+        ),
+        (
+            "identity",
+            &admin,
+            format!("{i}/v3/projects"),
+            json!({"project": {"name": nul, "domain_id": "default"}}),
+        ),
+        (
+            "identity",
+            &admin,
+            format!("{i}/v3/users"),
+            json!({"user": {"name": "u", "domain_id": "default", "description": nul}}),
+        ),
+        (
+            "image",
+            &alice,
+            format!("{g}/v2/images"),
+            json!({"name": nul, "disk_format": "raw", "container_format": "bare"}),
+        ),
+        (
+            "image",
+            &alice,
+            format!("{g}/v2/images"),
+            json!({"name": "x", "disk_format": "raw", "container_format": "bare", nul: "v"}),
+        ),
+        (
+            "placement",
+            &admin,
+            format!("{p}/resource_providers"),
+            json!({"name": nul}),
+        ),
+    ];
+    for (service, who, url, body) in bodies {
+        let (s, text) = send(who, Method::POST, url.clone(), Some(body)).await;
+        check(service, s, &text);
+    }
+    // In a path or a query string.
+    for (service, url) in [
+        ("compute", format!("{c}/servers/a%00b")),
+        ("compute", format!("{c}/servers?name=a%00b")),
+        ("compute", format!("{c}/os-keypairs/a%00b")),
+        ("network", format!("{n}/networks/a%00b")),
+        ("network", format!("{n}/ports?device_id=a%00b")),
+        ("image", format!("{g}/v2/images/a%00b")),
+        ("image", format!("{g}/v2/images?name=a%00b")),
+        ("identity", format!("{i}/v3/projects?name=a%00b")),
+        ("identity", format!("{i}/v3/users/a%00b")),
+        ("placement", format!("{p}/resource_providers/a%00b")),
+    ] {
+        let (s, text) = send(&admin, Method::GET, url.clone(), None).await;
+        check(service, s, &text);
+    }
+    // Logging in with one: 400, not a 500 from the user look-up.
+    let r = env
+        .http
+        .post(format!("{i}/v3/auth/tokens"))
+        .json(
+            &json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
+            "name": nul, "domain": {"id": "default"}, "password": "x"}}}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    check("identity", s, &r.text().await.unwrap());
+    // A backslash-u text that is not a NUL is just text.
+    let r = env
+        .neutron(
+            &alice,
+            Method::POST,
+            "/security-groups",
+            Some(json!({"security_group": {"name": "back\\u0000slash"}})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    env.stop().await;
+}
+
+/// A value the database refuses (PostgreSQL's SQLSTATE class 22, "data
+/// exception") is the request's fault: 400, never 500.
+async fn data_errors_of_the_database_are_400(backend: Backend) {
+    use mica_controller::error::{Error, Kind};
+    let env = common::Env::start(backend).await;
+    let pool = env.cloud.app.db.pool();
+    let nul = sqlx::query("SELECT id FROM projects WHERE name = $1")
+        .bind("a\u{0}b")
+        .fetch_optional(pool)
+        .await;
+    match backend {
+        Backend::Postgres => {
+            let e = Error::from(nul.map(|_| ()).expect_err("PostgreSQL refuses NUL in text"));
+            assert!(e.is(Kind::BadRequest), "{e:?}");
+        }
+        Backend::Sqlite => assert!(nul.is_ok()),
+    }
+    if backend == Backend::Postgres {
+        let r = sqlx::query("SELECT CAST($1 AS BIGINT)")
+            .bind("not a number")
+            .fetch_optional(pool)
+            .await;
+        let e = Error::from(r.map(|_| ()).expect_err("not a number"));
+        assert!(e.is(Kind::BadRequest), "{e:?}");
+        // Not every database error is the request's fault.
+        let r = sqlx::query("SELECT * FROM no_such_table")
+            .fetch_optional(pool)
+            .await;
+        let e = Error::from(r.map(|_| ()).expect_err("no table"));
+        assert!(e.is(Kind::Internal), "{e:?}");
+    }
+    env.stop().await;
+}
+
+/// Of parallel deletes of one security group exactly one answers 204 and
+/// the others 404 (the delete's own row count decides).
+async fn parallel_deletes_of_one_security_group(backend: Backend) {
+    let env = common::Env::start(backend).await;
+    let alice = env.user_with_role("p1", "alice", "member").await;
+    for round in 0..5 {
+        let r = env
+            .neutron(
+                &alice,
+                Method::POST,
+                "/security-groups",
+                Some(json!({"security_group": {"name": format!("sg-{round}")}})),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let id = r.json::<Value>().await.unwrap()["security_group"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(6));
+        let mut tasks = Vec::new();
+        for _ in 0..6 {
+            let http = env.http.clone();
+            let url = format!("{}/v2.0/security-groups/{id}", env.network);
+            let token = alice.token.clone();
+            let barrier = barrier.clone();
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let r = http
+                    .delete(url)
+                    .header("x-auth-token", token)
+                    .send()
+                    .await
+                    .unwrap();
+                let s = r.status().as_u16();
+                let body = r.text().await.unwrap();
+                (s, body)
+            }));
+        }
+        let mut got = Vec::new();
+        for t in tasks {
+            got.push(t.await.unwrap());
+        }
+        let ok = got.iter().filter(|(s, _)| *s == 204).count();
+        assert_eq!(ok, 1, "round {round}: {got:?}");
+        for (s, body) in &got {
+            assert!(*s == 204 || *s == 404, "round {round}: {s} {body}");
+            if *s == 404 {
+                assert!(body.contains("SecurityGroupNotFound"), "{body}");
+            }
+        }
+    }
+    env.stop().await;
 }

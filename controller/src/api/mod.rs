@@ -291,7 +291,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
             "Malformed request body: the body is empty.",
         ));
     }
-    serde_json::from_slice(bytes).map_err(|e| {
+    let parsed = serde_json::from_slice(bytes).map_err(|e| {
         let what = match e.classify() {
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
                 "Malformed request body"
@@ -299,7 +299,53 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
             _ => "Invalid input for the request body",
         };
         Error::bad_request(format!("{what}: {e}"))
-    })
+    })?;
+    // A NUL can only come as the escape `\u0000` (a raw one is not JSON);
+    // PostgreSQL refuses it in text, so it never gets that far.
+    if bytes.windows(6).any(|w| w == b"\\u0000")
+        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes)
+        && has_nul(&v)
+    {
+        return Err(nul_error("the request body"));
+    }
+    Ok(parsed)
+}
+
+/// Whether a JSON value holds a NUL character in a string or key.
+fn has_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(has_nul),
+        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+fn nul_error(where_: &str) -> Error {
+    Error::bad_request(format!(
+        "Invalid input: NUL characters are not allowed in {where_}."
+    ))
+}
+
+/// Refuses (400, in the service's error style) a request whose path or
+/// query string holds a NUL character (`%00`): no name or id has one, and
+/// PostgreSQL would refuse it.
+pub async fn refuse_nul(style: ErrorStyle, req: Request, next: Next) -> Response {
+    let uri = req.uri();
+    let in_path = percent_decode(uri.path()).contains('\0');
+    let in_query = uri
+        .query()
+        .is_some_and(|q| percent_decode(q).contains('\0'));
+    if in_path || in_query {
+        let rid = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+        let e = nul_error(if in_path {
+            "the URL"
+        } else {
+            "the query string"
+        });
+        return render_error(style, e.into_response(), rid, false).await;
+    }
+    next.run(req).await
 }
 
 /// The query string as (key, value) pairs, in order, repeated keys kept.

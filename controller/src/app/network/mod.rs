@@ -327,7 +327,9 @@ pub async fn delete_network(app: &App, ctx: &Context, id: &str) -> Result<()> {
                 ))
                 .with_code("NetworkInUse"));
             }
-            store::delete_network(&mut tx, id).await?;
+            if !store::delete_network(&mut tx, id).await? {
+                return Err(network_not_found(id));
+            }
             tx.commit().await?;
             Ok(())
         })
@@ -606,7 +608,9 @@ pub async fn delete_subnet(app: &App, ctx: &Context, id: &str) -> Result<()> {
                 )
                 .with_code("SubnetInUse"));
             }
-            store::delete_subnet(&mut *tx, id).await?;
+            if !store::delete_subnet(&mut *tx, id).await? {
+                return Err(subnet_not_found(id));
+            }
             tx.commit().await?;
             Ok(())
         })

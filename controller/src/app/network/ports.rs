@@ -630,7 +630,9 @@ pub async fn delete_port(app: &App, ctx: &Context, id: &str) -> Result<()> {
             .with_code("PortInUse"));
         }
     }
-    store::delete_port(app.db.pool(), id).await?;
+    if !store::delete_port(app.db.pool(), id).await? {
+        return Err(port_not_found(id));
+    }
     security_groups::push_for_groups(app, &p.security_groups, &[]).await;
     Ok(())
 }
