@@ -26,6 +26,9 @@ both_databases!(
     nul_characters_are_400_everywhere,
     data_errors_of_the_database_are_400,
     parallel_deletes_of_one_security_group,
+    slow_clients_are_cut_off,
+    connections_beyond_the_cap_get_503,
+    password_checks_are_capped,
 );
 
 /// HTTP to the fleet's cloud.
@@ -1933,5 +1936,304 @@ async fn parallel_deletes_of_one_security_group(backend: Backend) {
             }
         }
     }
+    env.stop().await;
+}
+
+// ---- slow clients and overload -----------------------------------------------------------------
+
+/// `host:port` of a base URL.
+fn addr_of(base: &str) -> String {
+    base.trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// Reads until the server closes the connection (or `limit` passes):
+/// (what it sent, how long it took to close; `None`: still open).
+async fn read_until_closed(
+    r: &mut tokio::net::tcp::OwnedReadHalf,
+    started: Instant,
+    limit: Duration,
+) -> (String, Option<Duration>) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = limit.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, r.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return (
+                    String::from_utf8_lossy(&got).into_owned(),
+                    Some(started.elapsed()),
+                );
+            }
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), None),
+        }
+    }
+}
+
+/// The three slowloris shapes on every API port, with 2-second time-outs:
+/// a request head that never ends (sent a byte at a time), a body shorter
+/// than its Content-Length (408, the API's error body), and an idle
+/// kept-alive connection: each is closed within the time-out (and not
+/// long before it).
+async fn slow_clients_are_cut_off(backend: Backend) {
+    use tokio::io::AsyncWriteExt;
+    let env = common::Env::start_with(backend, |c| {
+        c.api.header_timeout_secs = 2;
+        c.api.body_timeout_secs = 2;
+    })
+    .await;
+    let limit = Duration::from_secs(2);
+    let within = |took: Option<Duration>, what: &str| {
+        let took = took.unwrap_or_else(|| panic!("{what}: still open after 10 s"));
+        assert!(
+            took >= Duration::from_millis(1500) && took <= limit + Duration::from_millis(1500),
+            "{what}: closed after {took:?}"
+        );
+    };
+    for (api, base, path) in [
+        ("identity", &env.identity, "/v3"),
+        ("compute", &env.compute, "/v2.1"),
+        ("image", &env.image, "/v2/images"),
+        ("network", &env.network, "/v2.0/networks"),
+        ("placement", &env.placement, "/"),
+    ] {
+        let addr = addr_of(base);
+        // 1. A head that trickles in and never ends.
+        let s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (mut r, mut w) = s.into_split();
+        let started = Instant::now();
+        let trickle = tokio::spawn(async move {
+            let _ = w
+                .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n").as_bytes())
+                .await;
+            for i in 0..40 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if w.write_all(format!("X-{i}: y\r\n").as_bytes())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let (_, took) = read_until_closed(&mut r, started, Duration::from_secs(10)).await;
+        within(took, &format!("{api}: slow head"));
+        trickle.abort();
+
+        // 2. A body shorter than its Content-Length.
+        let s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (mut r, mut w) = s.into_split();
+        let started = Instant::now();
+        let post = match api {
+            // Keystone reads a login's body before any token.
+            "identity" => "/v3/auth/tokens",
+            "image" => "/v2/images",
+            _ => path,
+        };
+        w.write_all(
+            format!(
+                "POST {post} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                 Content-Length: 100\r\n\r\n{{\"a\":"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let (text, took) = read_until_closed(&mut r, started, Duration::from_secs(10)).await;
+        let status: u16 = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        // Without a token (or on a GET-only path) the other APIs answer at
+        // once and close, the body unread; a read of the body times out
+        // with 408.
+        match status {
+            408 => within(took, &format!("{api}: short body")),
+            400..=499 => assert!(
+                took.is_some_and(|t| t < Duration::from_millis(1500)),
+                "{api}: {status} but open: {took:?}"
+            ),
+            _ => panic!("{api}: short body answered {text:?}"),
+        }
+        if api == "identity" {
+            assert_eq!(status, 408, "{text}");
+        }
+
+        // 3. An idle kept-alive connection after a complete request.
+        let s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (mut r, mut w) = s.into_split();
+        w.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let (text, took) = read_until_closed(&mut r, started, Duration::from_secs(10)).await;
+        assert!(text.starts_with("HTTP/1.1 "), "{api}: {text:?}");
+        within(took, &format!("{api}: idle keep-alive"));
+    }
+
+    // A body that stops, on an API that reads it after authentication: 408
+    // in Keystone's body.
+    let admin = env.admin().await;
+    let s = tokio::net::TcpStream::connect(addr_of(&env.identity))
+        .await
+        .unwrap();
+    let (mut r, mut w) = s.into_split();
+    let started = Instant::now();
+    w.write_all(
+        format!(
+            "POST /v3/projects HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"project\":",
+            admin.token
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (text, took) = read_until_closed(&mut r, started, Duration::from_secs(10)).await;
+    within(took, "identity: authenticated short body");
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    assert_eq!(v["error"]["code"], 408, "{text}");
+    // A stalled image upload: 408 too.
+    let alice = env.user_with_role("p1", "alice", "member").await;
+    let r = env
+        .http
+        .post(format!("{}/v2/images", env.image))
+        .header("x-auth-token", &alice.token)
+        .json(&json!({"name": "i", "disk_format": "raw", "container_format": "bare"}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let s = tokio::net::TcpStream::connect(addr_of(&env.image))
+        .await
+        .unwrap();
+    let (mut r, mut w) = s.into_split();
+    let started = Instant::now();
+    w.write_all(
+        format!(
+            "PUT /v2/images/{id}/file HTTP/1.1\r\nHost: x\r\nX-Auth-Token: {}\r\n\
+             Content-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\nsome bytes",
+            alice.token
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (text, took) = read_until_closed(&mut r, started, Duration::from_secs(10)).await;
+    within(took, "image: stalled upload");
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    env.stop().await;
+}
+
+/// A listener holds `[api] max_connections` connections; one more gets 503
+/// with Retry-After in the API's error body, and a freed slot serves again.
+async fn connections_beyond_the_cap_get_503(backend: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = common::Env::start_with(backend, |c| c.api.max_connections = 3).await;
+    let addr = addr_of(&env.compute);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let get = |addr: String| async move {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /v2.1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut text)).await;
+        String::from_utf8_lossy(&text).into_owned()
+    };
+    let text = get(addr.clone()).await;
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("retry-after: 1"),
+        "{text}"
+    );
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["serviceUnavailable"]["code"], 503, "{text}");
+    // Other listeners have their own slots.
+    let r = env
+        .http
+        .get(format!("{}/v3", env.identity))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // A freed slot serves again.
+    held.pop();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = get(addr.clone()).await;
+        if text.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still refused: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(held);
+    env.stop().await;
+}
+
+/// Argon2 runs are capped (`[identity] max_concurrent_password_checks`):
+/// a login that can't get a turn within `password_check_wait_ms` gets 503
+/// with Retry-After in Keystone's body; one that gets its turn in time
+/// goes through.
+async fn password_checks_are_capped(backend: Backend) {
+    let env = common::Env::start_with(backend, |c| {
+        c.identity.max_concurrent_password_checks = 1;
+        c.identity.password_check_wait_ms = 300;
+    })
+    .await;
+    let login = || {
+        env.http
+            .post(format!("{}/v3/auth/tokens", env.identity))
+            .json(
+                &json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
+                "name": "admin", "domain": {"id": "default"}, "password": ADMIN_PASSWORD}}},
+                "scope": {"project": {"name": "admin", "domain": {"id": "default"}}}}}),
+            )
+            .send()
+    };
+    // Every turn taken: refused after the wait.
+    let turns = env.cloud.app.password_checks.clone();
+    let permit = turns.clone().acquire_owned().await.unwrap();
+    let started = Instant::now();
+    let r = login().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert_eq!(r.headers()["retry-after"], "1");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], 503, "{v}");
+    // A turn freed while waiting: served.
+    let pending = tokio::spawn(login());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(permit);
+    let r = pending.await.unwrap().unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // Many at once: some may wait or be refused, none fails otherwise,
+    // and the cap holds turns for nobody afterwards.
+    let all = futures_util::future::join_all((0..6).map(|_| login())).await;
+    for r in all {
+        let s = r.unwrap().status();
+        assert!(
+            s == StatusCode::CREATED || s == StatusCode::SERVICE_UNAVAILABLE,
+            "{s}"
+        );
+    }
+    assert_eq!(turns.available_permits(), 1);
     env.stop().await;
 }
