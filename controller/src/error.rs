@@ -268,7 +268,10 @@ impl From<sqlx::Error> for Error {
                 // refuses (a NUL in text, a number out of range, a string too
                 // long) came from the request.
                 // (A SQLSTATE has five characters; SQLite's codes are numbers.)
-                _ if db.code().is_some_and(|c| c.len() == 5 && c.starts_with("22")) => {
+                _ if db
+                    .code()
+                    .is_some_and(|c| c.len() == 5 && c.starts_with("22")) =>
+                {
                     let mut err = Error::bad_request(
                         "Invalid input: the database refused a value of the request.",
                     );
