@@ -111,6 +111,16 @@ impl SimulatedBackend {
         true
     }
 
+    /// The ids of the ports an instance on this pretend host was built
+    /// with (`None`: no such instance here).
+    pub fn ports_of(&self, instance_uuid: &str) -> Option<Vec<String>> {
+        self.instances
+            .lock()
+            .expect("instances")
+            .get(instance_uuid)
+            .map(|i| i.ports.clone())
+    }
+
     /// The number of instances on this pretend host.
     pub fn instance_count(&self) -> usize {
         self.instances.lock().expect("instances").len()

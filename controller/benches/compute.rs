@@ -295,6 +295,7 @@ async fn run(backend: Backend) {
                             binding_host_id: i.host.clone().unwrap_or_default(),
                             port_security_enabled: true,
                             delete_with_device: true,
+                            bound_instance: i.uuid.clone(),
                             created_at: now,
                             updated_at: now,
                             revision_number: 1,

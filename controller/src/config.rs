@@ -191,6 +191,18 @@ section! {
         max_json_body_bytes: usize = 114688,
         /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
         shutdown_grace_secs: u64 = 30,
+        /// Seconds a client has to send a complete request head (request line
+        /// and headers), counted from when the server waits for it: on a
+        /// kept-alive connection, from the end of the previous response, so
+        /// this also closes idle keep-alive connections. 0: no limit.
+        header_timeout_secs: u64 = 20,
+        /// Longest wait, in seconds, for the next piece of a request body
+        /// (a body shorter than its Content-Length, a stalled upload); the
+        /// request then fails with 408 and the connection closes. 0: no limit.
+        body_timeout_secs: u64 = 60,
+        /// Open connections each API listener serves at once; beyond, a new
+        /// connection gets 503 with Retry-After and is closed. 0: no limit.
+        max_connections: usize = 1024,
     }
 }
 
@@ -212,6 +224,12 @@ section! {
         argon2_parallelism: u32 = 1,
         /// Longest password accepted, in bytes.
         max_password_length: usize = 4096,
+        /// Password hashes computed or verified at once (each Argon2id run
+        /// takes `argon2_memory_kib`); more wait up to
+        /// `password_check_wait_ms`, then get 503 with Retry-After.
+        max_concurrent_password_checks: usize = 4,
+        /// How long a password check waits for its turn, in milliseconds.
+        password_check_wait_ms: u64 = 2000,
     }
 }
 

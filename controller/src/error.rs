@@ -28,6 +28,8 @@ pub enum Kind {
     MethodNotAllowed,
     /// The requested microversion or media type cannot be served (406).
     NotAcceptable,
+    /// The client did not send its request in time (408).
+    RequestTimeout,
     /// The request conflicts with the current state (409).
     Conflict,
     /// The request body is larger than allowed (413).
@@ -52,6 +54,7 @@ impl Kind {
             Kind::NotFound => 404,
             Kind::MethodNotAllowed => 405,
             Kind::NotAcceptable => 406,
+            Kind::RequestTimeout => 408,
             Kind::Conflict => 409,
             Kind::PayloadTooLarge => 413,
             Kind::UnsupportedMediaType => 415,
@@ -70,6 +73,7 @@ impl Kind {
             Kind::NotFound => "Not Found",
             Kind::MethodNotAllowed => "Method Not Allowed",
             Kind::NotAcceptable => "Not Acceptable",
+            Kind::RequestTimeout => "Request Timeout",
             Kind::Conflict => "Conflict",
             Kind::PayloadTooLarge => "Request Entity Too Large",
             Kind::UnsupportedMediaType => "Unsupported Media Type",
@@ -88,6 +92,7 @@ impl Kind {
             Kind::NotFound => "itemNotFound",
             Kind::MethodNotAllowed => "badMethod",
             Kind::NotAcceptable => "notAcceptable",
+            Kind::RequestTimeout => "requestTimeout",
             Kind::Conflict => "conflictingRequest",
             Kind::PayloadTooLarge => "overLimit",
             Kind::UnsupportedMediaType => "badMediaType",
@@ -109,7 +114,13 @@ pub struct Error {
     pub code: Option<&'static str>,
     /// The underlying cause, logged but never shown.
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    /// Seconds to send as `Retry-After` (overload answers).
+    pub retry_after: Option<u64>,
 }
+
+/// How a request body that stopped coming is described (the start of
+/// `api::BodyTimedOut`'s message, which reaches the app layer as text).
+pub const BODY_TIMED_OUT: &str = "no request body data for";
 
 /// Shorthand for results with the controller's error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -122,7 +133,14 @@ impl Error {
             message: message.into(),
             code: None,
             source: None,
+            retry_after: None,
         }
+    }
+
+    /// Adds a `Retry-After` of `secs` to the answer.
+    pub fn with_retry_after(mut self, secs: u64) -> Error {
+        self.retry_after = Some(secs);
+        self
     }
 
     /// 400.
@@ -170,6 +188,7 @@ impl Error {
                 context,
                 source: source.into(),
             })),
+            retry_after: None,
         }
     }
 
@@ -242,6 +261,20 @@ impl From<sqlx::Error> for Error {
                             .to_owned()
                     });
                     let mut err = Error::conflict(format!("Duplicate entry ({what})."));
+                    err.source = Some(Box::new(e));
+                    return err;
+                }
+                // SQLSTATE class 22, "data exception": a value the database
+                // refuses (a NUL in text, a number out of range, a string too
+                // long) came from the request.
+                // (A SQLSTATE has five characters; SQLite's codes are numbers.)
+                _ if db
+                    .code()
+                    .is_some_and(|c| c.len() == 5 && c.starts_with("22")) =>
+                {
+                    let mut err = Error::bad_request(
+                        "Invalid input: the database refused a value of the request.",
+                    );
                     err.source = Some(Box::new(e));
                     return err;
                 }

@@ -403,6 +403,16 @@ pub const DEFAULT_RULES: &[(&str, &str, &str)] = &[
         "Change a server's tags.",
     ),
     (
+        "os_compute_api:os-remote-consoles",
+        "role:admin or role:member and owner",
+        "Open a server's VNC or serial console (remote-consoles, os-getVNCConsole, os-getSerialConsole).",
+    ),
+    (
+        "os_compute_api:os-console-output",
+        "role:admin or role:member and owner",
+        "Read a server's console log (os-getConsoleOutput).",
+    ),
+    (
         "os_compute_api:os-instance-actions:list",
         "role:admin or role:reader and owner",
         "List a server's instance actions.",

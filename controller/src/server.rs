@@ -105,6 +105,16 @@ pub fn router(kind: ServiceKind, app: Arc<App>) -> Option<Router> {
         ServiceKind::ConsoleProxy => api::console_proxy::router(app),
         _ => return None,
     };
+    let style = style_of(kind);
+    // The console proxy answers a bad token (NUL or not) with its own 401
+    // and sends only the token's hash to the database.
+    let r = if kind == ServiceKind::ConsoleProxy {
+        r
+    } else {
+        r.layer(axum::middleware::from_fn(move |req, next| {
+            api::refuse_nul(style, req, next)
+        }))
+    };
     Some(r.layer(axum::middleware::from_fn(api::request_context)))
 }
 
@@ -172,19 +182,10 @@ impl Server {
             let router = router(kind, app.clone()).ok_or_else(|| {
                 Error::internal("starting a listener", format!("no router for {kind:?}"))
             })?;
-            let mut rx = stop.subscribe();
+            let rx = stop.subscribe();
             tracing::info!(api = kind.catalog_type(), %addr, "listening");
-            tasks.push(tokio::spawn(async move {
-                let shutdown = async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                };
-                if let Err(e) = axum::serve(listener, router)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                {
-                    tracing::error!(error = %e, "listener failed");
-                }
-            }));
+            let limits = Limits::of(&app.config, kind);
+            tasks.push(tokio::spawn(serve(listener, router, limits, rx)));
         }
         // Expired tokens are swept in the background.
         let mut rx = stop.subscribe();
@@ -231,6 +232,142 @@ impl Server {
             }
         }
     }
+}
+
+/// What one listener allows its clients.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time to send a complete request head (hyper counts it from when it
+    /// waits for one: on a kept-alive connection, the idle time too).
+    pub header_timeout: Option<Duration>,
+    /// Longest wait for the next piece of a request body.
+    pub body_timeout: Option<Duration>,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// How refusals are written.
+    pub style: api::ErrorStyle,
+}
+
+impl Limits {
+    /// `[api]`'s limits for the listener of `kind`.
+    pub fn of(config: &Config, kind: ServiceKind) -> Limits {
+        let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+        Limits {
+            header_timeout: secs(config.api.header_timeout_secs),
+            body_timeout: secs(config.api.body_timeout_secs),
+            max_connections: if config.api.max_connections == 0 {
+                tokio::sync::Semaphore::MAX_PERMITS
+            } else {
+                config.api.max_connections
+            },
+            style: style_of(kind),
+        }
+    }
+}
+
+/// How each API writes its errors.
+pub fn style_of(kind: ServiceKind) -> api::ErrorStyle {
+    match kind {
+        ServiceKind::Identity => api::ErrorStyle::Keystone,
+        ServiceKind::Placement => api::ErrorStyle::Placement,
+        ServiceKind::Network => api::ErrorStyle::Neutron,
+        _ => api::ErrorStyle::Nova,
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades, for the console proxy's WebSockets) on
+/// `listener` until `stop`: each connection under `limits` (a header
+/// time-out from hyper, a body time-out from [`api::body_deadline`]), at
+/// most `max_connections` at once; one more is answered 503 with
+/// Retry-After and closed. On `stop`, accepting ends and every connection
+/// finishes its request in flight, then closes.
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut conns = tokio::task::JoinSet::new();
+    let router = match limits.body_timeout {
+        Some(t) => router.layer(axum::middleware::from_fn(move |req, next| {
+            api::body_deadline(t, req, next)
+        })),
+        None => router,
+    };
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stopped(&mut stop) => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors, most likely: give others a moment.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = limits.max_connections, "too many connections; refusing one");
+            tokio::spawn(refuse_busy(stream, limits.style));
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let mut stop = stop.clone();
+        conns.spawn(async move {
+            let _slot = slot;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended");
+                    }
+                }
+                _ = stopped(&mut stop) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    while conns.join_next().await.is_some() {}
+}
+
+/// Answers a connection beyond the cap: 503 with Retry-After, in the API's
+/// error body, then closes it (never waiting on the client for long).
+async fn refuse_busy(mut stream: tokio::net::TcpStream, style: api::ErrorStyle) {
+    use axum::response::IntoResponse;
+    use tokio::io::AsyncWriteExt;
+    let e = Error::new(
+        crate::error::Kind::ServiceUnavailable,
+        "Too many connections; retry shortly.",
+    )
+    .with_retry_after(1);
+    let resp = api::render_error(style, e.into_response(), None, false).await;
+    let body = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
 }
 
 async fn stopped(rx: &mut watch::Receiver<bool>) {

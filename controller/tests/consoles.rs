@@ -27,7 +27,11 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 const T: Duration = Duration::from_secs(60);
 
-both_databases!(remote_consoles_and_the_proxy, expired_tokens_are_refused);
+both_databases!(
+    remote_consoles_and_the_proxy,
+    expired_tokens_are_refused,
+    readers_get_no_console
+);
 
 /// A Unix listener standing in for a VMM's serial socket: it answers
 /// what it gets, upper-cased.
@@ -132,6 +136,57 @@ impl Api {
             .unwrap();
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
         self.login("eve", "pw-of-eve", "other").await
+    }
+
+    /// A new user with `role` on the admin project (the fleet's
+    /// instances are there), logged in.
+    async fn admin_project_user(&self, admin: &str, user: &str, role: &str) -> String {
+        let get = |path: String| {
+            self.http
+                .get(format!("{}{path}", self.identity))
+                .header("x-auth-token", admin)
+                .send()
+        };
+        let projects: Value = get("/v3/projects?name=admin".into())
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let u: Value = self
+            .http
+            .post(format!("{}/v3/users", self.identity))
+            .header("x-auth-token", admin)
+            .json(
+                &json!({"user": {"name": user, "password": "pw-of-user", "domain_id": "default"}}),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let roles: Value = get(format!("/v3/roles?name={role}"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let r = self
+            .http
+            .put(format!(
+                "{}/v3/projects/{}/users/{}/roles/{}",
+                self.identity,
+                projects["projects"][0]["id"].as_str().unwrap(),
+                u["user"]["id"].as_str().unwrap(),
+                roles["roles"][0]["id"].as_str().unwrap()
+            ))
+            .header("x-auth-token", admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        self.login(user, "pw-of-user", "admin").await
     }
 
     /// POST to the compute API at microversion `mv`: (status, body).
@@ -791,5 +846,69 @@ async fn the_novnc_page_connects_in_chromium() {
     assert!(v["canvas"]["nonBlack"].as_u64().unwrap() > 10_000, "{v}");
     let keep = mica_tests::browser::keep_artifact(&shot, "novnc-page-fake-vnc.png");
     eprintln!("screenshot: {}", keep.display());
+    f.stop().await;
+}
+
+/// Consoles are for the project's members (Nova's defaults): a reader of
+/// the server's project gets 403 on every console call and no token is
+/// issued; a member gets its consoles.
+async fn readers_get_no_console(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let novnc = fake_novnc(dir.path());
+    let (f, _port) = start(backend, 600, &novnc).await;
+    let api = Api::of(&f);
+    let admin = api.login("admin", ADMIN_PASSWORD, "admin").await;
+    let reader = api.admin_project_user(&admin, "rita", "reader").await;
+    let member = api.admin_project_user(&admin, "max", "member").await;
+    let uuids = f.create_each(1, 1, 512, 1).await;
+    f.settle(&uuids, T).await;
+    let id = &uuids[0];
+    let action = format!("/servers/{id}/action");
+    // The reader can see the server…
+    let r = api
+        .http
+        .get(format!("{}/v2.1/servers/{id}", api.compute))
+        .header("x-auth-token", &reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // …but opens no console of it.
+    for (protocol, type_) in [("vnc", "novnc"), ("serial", "serial")] {
+        let (s, body) = api.remote_console(&reader, id, protocol, type_).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{protocol}: {body}");
+        nova_error(&body, "forbidden", 403);
+    }
+    for (mv, body) in [
+        ("2.1", json!({"os-getVNCConsole": {"type": "novnc"}})),
+        ("2.1", json!({"os-getSerialConsole": {"type": "serial"}})),
+        ("2.1", json!({"os-getConsoleOutput": {"length": 10}})),
+        ("2.96", json!({"os-getConsoleOutput": {}})),
+    ] {
+        let (s, e) = api.post(&reader, mv, &action, body.clone()).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{body}: {e}");
+        nova_error(&e, "forbidden", 403);
+    }
+    let issued: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM console_auth_tokens")
+        .fetch_one(f.cloud.app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(issued, 0, "no token for the reader");
+    // A member of the project gets them.
+    let (s, body) = api.remote_console(&member, id, "serial", "serial").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, body) = api
+        .post(
+            &member,
+            "2.1",
+            &action,
+            json!({"os-getVNCConsole": {"type": "novnc"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, body) = api
+        .post(&member, "2.1", &action, json!({"os-getConsoleOutput": {}}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
     f.stop().await;
 }

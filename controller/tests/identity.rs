@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Env, keystone_error};
+use common::{Caller, Env, keystone_error};
 use mica_controller::db::Backend;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -16,6 +16,8 @@ both_databases!(
     bad_input_is_400_with_keystone_body,
     losing_access_invalidates_tokens,
     rescoping_with_a_token,
+    password_changes_and_disabling_revoke_tokens,
+    revoking_a_token_revokes_its_rescoped_tokens,
 );
 
 async fn tokens_issue_validate_revoke(backend: Backend) {
@@ -629,6 +631,169 @@ async fn rescoping_with_a_token(backend: Backend) {
         .json(
             &json!({"auth": {"identity": {"methods": ["token"], "token": {"id": unscoped}},
             "scope": {"project": {"id": admin.project_id}}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    keystone_error(r, 401).await;
+    env.stop().await;
+}
+
+/// GET /v3/auth/tokens for `subject` as `who`: the status.
+async fn validity(env: &Env, who: &str, subject: &str) -> u16 {
+    env.http
+        .get(format!("{}/v3/auth/tokens", env.identity))
+        .header("x-auth-token", who)
+        .header("x-subject-token", subject)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// A token for `user_id` with the token method, rescoped from `token`.
+async fn rescope(env: &Env, token: &str, project_id: &str) -> String {
+    let r = env
+        .http
+        .post(format!("{}/v3/auth/tokens", env.identity))
+        .json(
+            &json!({"auth": {"identity": {"methods": ["token"], "token": {"id": token}},
+            "scope": {"project": {"id": project_id}}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.headers()["x-subject-token"].to_str().unwrap().to_owned()
+}
+
+/// Keystone's semantics: a password change (one's own, or an admin's
+/// reset) revokes the user's earlier tokens; disabling a user revokes its
+/// tokens for good, so re-enabling does not bring them back.
+async fn password_changes_and_disabling_revoke_tokens(backend: Backend) {
+    let env = Env::start(backend).await;
+    let admin = env.admin().await;
+    let alice = env.user_with_role("p1", "alice", "member").await;
+    let second = env.login("alice", "pw-of-user", "p1").await;
+    assert_eq!(validity(&env, &admin.token, &alice.token).await, 200);
+    // Her own change: every earlier token of hers stops working…
+    let r = env
+        .call(
+            &alice,
+            Method::POST,
+            &format!("{}/v3/users/{}/password", env.identity, alice.user_id),
+            Some(json!({"user": {"password": "pw-2", "original_password": "pw-of-user"}})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    for old in [&alice.token, &second.token] {
+        assert_eq!(validity(&env, &admin.token, old).await, 404);
+        let r = env
+            .call(
+                &Caller {
+                    token: old.clone(),
+                    ..alice.clone()
+                },
+                Method::GET,
+                &format!("{}/v3/users/{}", env.identity, alice.user_id),
+                None,
+            )
+            .await;
+        keystone_error(r, 401).await;
+    }
+    // …and a new login works.
+    let fresh = env.login("alice", "pw-2", "p1").await;
+    assert_eq!(validity(&env, &admin.token, &fresh.token).await, 200);
+    // An admin's reset does the same.
+    let r = env
+        .call(
+            &admin,
+            Method::PATCH,
+            &format!("{}/v3/users/{}", env.identity, alice.user_id),
+            Some(json!({"user": {"password": "pw-3"}})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(validity(&env, &admin.token, &fresh.token).await, 404);
+    // Other changes (a description) revoke nothing.
+    let kept = env.login("alice", "pw-3", "p1").await;
+    let r = env
+        .call(
+            &admin,
+            Method::PATCH,
+            &format!("{}/v3/users/{}", env.identity, alice.user_id),
+            Some(json!({"user": {"description": "still alice"}})),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(validity(&env, &admin.token, &kept.token).await, 200);
+    // Disabled, then enabled again: the old token stays dead.
+    for enabled in [false, true] {
+        let r = env
+            .call(
+                &admin,
+                Method::PATCH,
+                &format!("{}/v3/users/{}", env.identity, alice.user_id),
+                Some(json!({"user": {"enabled": enabled}})),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    assert_eq!(validity(&env, &admin.token, &kept.token).await, 404);
+    let again = env.login("alice", "pw-3", "p1").await;
+    assert_eq!(validity(&env, &admin.token, &again.token).await, 200);
+    // Other users' tokens were never touched.
+    assert_eq!(validity(&env, &admin.token, &admin.token).await, 200);
+    env.stop().await;
+}
+
+/// Revoking a token revokes the tokens rescoped from it, and theirs, but
+/// not its parent or its siblings' unrelated tokens.
+async fn revoking_a_token_revokes_its_rescoped_tokens(backend: Backend) {
+    let env = Env::start(backend).await;
+    let admin = env.admin().await;
+    let alice = env.user_with_role("p1", "alice", "member").await;
+    let child = rescope(&env, &alice.token, &alice.project_id).await;
+    let grandchild = rescope(&env, &child, &alice.project_id).await;
+    let sibling = rescope(&env, &alice.token, &alice.project_id).await;
+    let other_login = env.login("alice", "pw-of-user", "p1").await;
+    for t in [&child, &grandchild, &sibling] {
+        assert_eq!(validity(&env, &admin.token, t).await, 200);
+    }
+    // Revoke the child: it and the grandchild go, the rest stays.
+    let r = env
+        .http
+        .delete(format!("{}/v3/auth/tokens", env.identity))
+        .header("x-auth-token", &admin.token)
+        .header("x-subject-token", &child)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(validity(&env, &admin.token, &child).await, 404);
+    assert_eq!(validity(&env, &admin.token, &grandchild).await, 404);
+    assert_eq!(validity(&env, &admin.token, &sibling).await, 200);
+    assert_eq!(validity(&env, &admin.token, &alice.token).await, 200);
+    // Revoke the original (by its own user): every token from it goes.
+    let r = env
+        .http
+        .delete(format!("{}/v3/auth/tokens", env.identity))
+        .header("x-auth-token", &alice.token)
+        .header("x-subject-token", &alice.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(validity(&env, &admin.token, &sibling).await, 404);
+    assert_eq!(validity(&env, &admin.token, &other_login.token).await, 200);
+    // A revoked token can't be rescoped.
+    let r = env
+        .http
+        .post(format!("{}/v3/auth/tokens", env.identity))
+        .json(
+            &json!({"auth": {"identity": {"methods": ["token"], "token": {"id": alice.token}},
+            "scope": {"project": {"id": alice.project_id}}}}),
         )
         .send()
         .await

@@ -932,4 +932,113 @@ both_databases!(
     security_groups_and_the_nova_proxy,
     security_changes_reach_hosts,
     compute_and_network_quota_resets_are_separate,
+    reserved_ranges_are_refused_for_subnets,
 );
+
+/// Loopback, link-local, multicast and 0.0.0.0/n (and their IPv6 kin)
+/// subnets, and gateways there, are 400 for members and admins alike;
+/// the same private CIDR in two projects is fine.
+async fn reserved_ranges_are_refused_for_subnets(backend: Backend) {
+    let env = Env::start(backend).await;
+    let admin = env.admin().await;
+    let alice = env.user_with_role("p1", "alice", "member").await;
+    let bob = env.user_with_role("p2", "bob", "member").await;
+    let net = |who: &Caller| {
+        let who = who.clone();
+        let env = &env;
+        async move {
+            ok(
+                env,
+                &who,
+                Method::POST,
+                "/networks",
+                Some(json!({"network": {"name": "n"}})),
+                201,
+            )
+            .await["network"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let net_a = net(&alice).await;
+    let net_admin = net(&admin).await;
+    for (cidr, version) in [
+        ("127.0.0.0/8", 4),
+        ("127.0.0.0/24", 4),
+        ("169.254.0.0/16", 4),
+        ("169.254.169.0/24", 4),
+        ("169.0.0.0/8", 4),
+        ("224.0.0.0/4", 4),
+        ("239.1.2.0/24", 4),
+        ("0.0.0.0/1", 4),
+        ("0.0.0.0/0", 4),
+        ("0.0.0.0/24", 4),
+        ("::1/128", 6),
+        ("fe80::/64", 6),
+        ("ff02::/16", 6),
+        ("::/0", 6),
+    ] {
+        for (who, n) in [(&alice, &net_a), (&admin, &net_admin)] {
+            let r = env
+                .neutron(
+                    who,
+                    Method::POST,
+                    "/subnets",
+                    Some(json!({"subnet": {"network_id": n, "cidr": cidr, "ip_version": version}})),
+                )
+                .await;
+            let (kind, msg) = neutron_error(r, 400).await;
+            assert_eq!(kind, "InvalidInput", "{cidr}: {msg}");
+        }
+    }
+    // A gateway in those ranges, though the subnet itself is fine.
+    for gw in ["169.254.169.254", "127.0.0.1", "224.0.0.1", "0.0.0.0"] {
+        let r = env
+            .neutron(
+                &alice,
+                Method::POST,
+                "/subnets",
+                Some(
+                    json!({"subnet": {"network_id": net_a, "cidr": "10.0.2.0/24", "ip_version": 4,
+                    "gateway_ip": gw}}),
+                ),
+            )
+            .await;
+        let (kind, msg) = neutron_error(r, 400).await;
+        assert_eq!(kind, "InvalidInput", "{gw}: {msg}");
+    }
+    // Private ranges work, the same one in two projects too.
+    let sub = ok(
+        &env,
+        &alice,
+        Method::POST,
+        "/subnets",
+        Some(json!({"subnet": {"network_id": net_a, "cidr": "192.168.1.0/24", "ip_version": 4}})),
+        201,
+    )
+    .await;
+    let net_b = net(&bob).await;
+    ok(
+        &env,
+        &bob,
+        Method::POST,
+        "/subnets",
+        Some(json!({"subnet": {"network_id": net_b, "cidr": "192.168.1.0/24", "ip_version": 4}})),
+        201,
+    )
+    .await;
+    // Nor can an update move the gateway there.
+    let id = sub["subnet"]["id"].as_str().unwrap();
+    let r = env
+        .neutron(
+            &alice,
+            Method::PUT,
+            &format!("/subnets/{id}"),
+            Some(json!({"subnet": {"gateway_ip": "169.254.169.254"}})),
+        )
+        .await;
+    let (kind, _) = neutron_error(r, 400).await;
+    assert_eq!(kind, "InvalidInput");
+    env.stop().await;
+}

@@ -19,7 +19,7 @@ pub mod openapi;
 pub mod placement;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -61,6 +61,10 @@ impl IntoResponse for Error {
         let status =
             StatusCode::from_u16(self.kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut resp = status.into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         resp.extensions_mut().insert(ErrorInfo {
             kind: self.kind,
             message: self.message,
@@ -133,6 +137,7 @@ fn kind_of_status(status: StatusCode) -> Kind {
         404 => Kind::NotFound,
         405 => Kind::MethodNotAllowed,
         406 => Kind::NotAcceptable,
+        408 => Kind::RequestTimeout,
         409 => Kind::Conflict,
         413 => Kind::PayloadTooLarge,
         415 => Kind::UnsupportedMediaType,
@@ -268,9 +273,104 @@ impl<T: DeserializeOwned> FromRequest<State> for JsonBody<T> {
     }
 }
 
+/// A request body whose next piece took longer than `[api]
+/// body_timeout_secs`.
+#[derive(Debug)]
+pub struct BodyTimedOut(Duration);
+
+impl std::fmt::Display for BodyTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} s",
+            crate::error::BODY_TIMED_OUT,
+            self.0.as_secs_f64().round()
+        )
+    }
+}
+
+impl std::error::Error for BodyTimedOut {}
+
+/// A request body that fails with [`BodyTimedOut`] when its next frame
+/// does not come within the time-out.
+struct DeadlineBody {
+    inner: Body,
+    timeout: Duration,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl hyper::body::Body for DeadlineBody {
+    type Data = bytes::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = tokio::time::Instant::now() + this.timeout;
+                this.sleep.as_mut().reset(deadline);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimedOut(this.timeout))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Puts `[api] body_timeout_secs` on the request body: a client that
+/// stops sending its body (shorter than its Content-Length, a stalled
+/// upload) makes the read fail, the request answers 408 and the
+/// connection closes.
+pub async fn body_deadline(timeout: Duration, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = DeadlineBody {
+        inner: body,
+        timeout,
+        sleep: Box::pin(tokio::time::sleep(timeout)),
+    };
+    next.run(Request::from_parts(parts, Body::new(body))).await
+}
+
+/// Whether a body read failed on [`BodyTimedOut`].
+pub fn body_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if c.is::<BodyTimedOut>() || c.to_string().starts_with(crate::error::BODY_TIMED_OUT) {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
+/// The error for a body that stopped coming.
+pub fn body_timeout_error() -> Error {
+    Error::new(
+        Kind::RequestTimeout,
+        "The request body did not arrive in time.",
+    )
+}
+
 /// Reads a body of at most `limit` bytes (413 beyond).
 pub async fn read_limited(body: Body, limit: usize) -> Result<bytes::Bytes, Error> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if body_timed_out(&e) {
+            return body_timeout_error();
+        }
         let too_big = std::error::Error::source(&e)
             .is_some_and(|s| s.to_string().contains("length limit exceeded"))
             || e.to_string().contains("length limit exceeded");
@@ -291,7 +391,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
             "Malformed request body: the body is empty.",
         ));
     }
-    serde_json::from_slice(bytes).map_err(|e| {
+    let parsed = serde_json::from_slice(bytes).map_err(|e| {
         let what = match e.classify() {
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
                 "Malformed request body"
@@ -299,7 +399,53 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
             _ => "Invalid input for the request body",
         };
         Error::bad_request(format!("{what}: {e}"))
-    })
+    })?;
+    // A NUL can only come as the escape `\u0000` (a raw one is not JSON);
+    // PostgreSQL refuses it in text, so it never gets that far.
+    if bytes.windows(6).any(|w| w == b"\\u0000")
+        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes)
+        && has_nul(&v)
+    {
+        return Err(nul_error("the request body"));
+    }
+    Ok(parsed)
+}
+
+/// Whether a JSON value holds a NUL character in a string or key.
+fn has_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(has_nul),
+        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+fn nul_error(where_: &str) -> Error {
+    Error::bad_request(format!(
+        "Invalid input: NUL characters are not allowed in {where_}."
+    ))
+}
+
+/// Refuses (400, in the service's error style) a request whose path or
+/// query string holds a NUL character (`%00`): no name or id has one, and
+/// PostgreSQL would refuse it.
+pub async fn refuse_nul(style: ErrorStyle, req: Request, next: Next) -> Response {
+    let uri = req.uri();
+    let in_path = percent_decode(uri.path()).contains('\0');
+    let in_query = uri
+        .query()
+        .is_some_and(|q| percent_decode(q).contains('\0'));
+    if in_path || in_query {
+        let rid = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+        let e = nul_error(if in_path {
+            "the URL"
+        } else {
+            "the query string"
+        });
+        return render_error(style, e.into_response(), rid, false).await;
+    }
+    next.run(req).await
 }
 
 /// The query string as (key, value) pairs, in order, repeated keys kept.

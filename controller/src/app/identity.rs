@@ -149,12 +149,33 @@ fn check_password_length(app: &App, password: &str) -> Result<()> {
     Ok(())
 }
 
+/// A turn for one Argon2 run: at most `[identity]
+/// max_concurrent_password_checks` at once (each takes `argon2_memory_kib`
+/// of memory), a wait of at most `password_check_wait_ms`, then 503 with
+/// Retry-After: a flood of logins can't exhaust memory or queue forever.
+async fn password_turn(app: &App) -> Result<tokio::sync::OwnedSemaphorePermit> {
+    let wait = std::time::Duration::from_millis(app.config.identity.password_check_wait_ms);
+    match tokio::time::timeout(wait, app.password_checks.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => {
+            tracing::warn!("too many password checks at once; refusing one");
+            Err(Error::new(
+                Kind::ServiceUnavailable,
+                "Too many password checks are in progress; retry shortly.",
+            )
+            .with_retry_after(1))
+        }
+    }
+}
+
 /// Hashes a password with argon2id (on the blocking pool).
 pub async fn hash_password(app: &App, password: &str) -> Result<String> {
     check_password_length(app, password)?;
     let a = argon2(app)?;
     let password = password.to_owned();
+    let turn = password_turn(app).await?;
     tokio::task::spawn_blocking(move || {
+        let _turn = turn;
         let mut salt = [0u8; 16];
         getrandom::fill(&mut salt).map_err(|e| Error::internal("random salt", e.to_string()))?;
         let salt = SaltString::encode_b64(&salt)
@@ -176,9 +197,11 @@ static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
         .to_string()
 });
 
-async fn verify_password(hash: Option<String>, password: &str) -> Result<bool> {
+async fn verify_password(app: &App, hash: Option<String>, password: &str) -> Result<bool> {
     let password = password.to_owned();
+    let turn = password_turn(app).await?;
     tokio::task::spawn_blocking(move || {
+        let _turn = turn;
         let (hash, real) = match hash {
             Some(h) => (h, true),
             None => (DUMMY_HASH.clone(), false),
@@ -294,7 +317,7 @@ pub async fn issue_token(app: &App, creds: Credentials, scope: Scope) -> Result<
             check_password_length(app, &password)?;
             let user = resolve_user(app, &u).await?;
             let hash = user.as_ref().and_then(|u| u.password_hash.clone());
-            let ok = verify_password(hash, &password).await?;
+            let ok = verify_password(app, hash, &password).await?;
             let user = match user {
                 Some(user) if ok && user.enabled => user,
                 _ => return Err(Error::unauthorized(UNAUTHORIZED)),
@@ -376,8 +399,16 @@ pub async fn issue_token(app: &App, creds: Credentials, scope: Scope) -> Result<
         issued_at: now,
         expires_at,
         revoked: false,
+        parent_audit_id: audit_ids.get(1).cloned(),
     };
     store::insert_token(app.db.pool(), &record).await?;
+    // A parent revoked while this token was made takes it along.
+    if let Some(parent) = &record.parent_audit_id
+        && store::audit_revoked(app.db.pool(), parent).await?
+    {
+        store::revoke_token(app.db.pool(), &record.id_hash).await?;
+        return Err(Error::unauthorized(UNAUTHORIZED));
+    }
     Ok(Issued {
         token,
         audit_ids,
@@ -419,6 +450,7 @@ pub async fn issue_delegated_token(
         issued_at: now,
         expires_at: now.plus_secs(ttl_secs.max(1)),
         revoked: false,
+        parent_audit_id: None,
     };
     store::insert_token(app.db.pool(), &record).await?;
     Ok(token)
@@ -503,6 +535,12 @@ pub async fn revoke_token(app: &App, caller: &Context, subject: &str) -> Result<
             "Could not find token: {}",
             short(subject)
         )));
+    }
+    // And every token rescoped from it, down the chain.
+    let mut conn = app.db.pool().acquire().await?;
+    let n = store::revoke_descendants(&mut conn, &subject_ctx.audit_id).await?;
+    if n > 0 {
+        tracing::info!(user = %subject_ctx.user_id, tokens = n, "rescoped tokens revoked with their parent");
     }
     Ok(())
 }
@@ -888,6 +926,12 @@ pub async fn update_user(
     {
         return Err(Error::not_found(format!("Could not find user: {id}.")));
     }
+    // Keystone: a new password or a disabled user ends every token the
+    // user had, for good (enabling the user again revives none).
+    if update.password_hash.is_some() || update.enabled == Some(false) {
+        let n = store::revoke_user_tokens(app.db.pool(), id).await?;
+        tracing::info!(user = %id, tokens = n, "tokens revoked (password changed or user disabled)");
+    }
     get_user(app, ctx, id).await
 }
 
@@ -904,7 +948,7 @@ pub async fn change_password(
     let user = store::get_user(app.db.pool(), id)
         .await?
         .ok_or_else(|| Error::not_found(format!("Could not find user: {id}.")))?;
-    if !verify_password(user.password_hash.clone(), original).await? {
+    if !verify_password(app, user.password_hash.clone(), original).await? {
         return Err(Error::unauthorized(UNAUTHORIZED));
     }
     let hash = hash_password(app, new).await?;
@@ -917,6 +961,9 @@ pub async fn change_password(
         },
     )
     .await?;
+    // Every earlier token of the user ends, the caller's own included.
+    let n = store::revoke_user_tokens(app.db.pool(), id).await?;
+    tracing::info!(user = %id, tokens = n, "tokens revoked (password changed)");
     Ok(())
 }
 

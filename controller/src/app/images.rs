@@ -1116,6 +1116,13 @@ where
         match body.next().await {
             None => break Ok(()),
             Some(Err(e)) => {
+                let e = e.to_string();
+                if e.starts_with(crate::error::BODY_TIMED_OUT) {
+                    break Err(Error::new(
+                        crate::error::Kind::RequestTimeout,
+                        "The upload stopped: no data came in time.",
+                    ));
+                }
                 break Err(Error::bad_request(format!(
                     "The upload was interrupted: {e}"
                 )));

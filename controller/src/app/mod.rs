@@ -140,6 +140,8 @@ pub struct App {
     /// The RPC bus (`[messaging] transport_url`), once connected
     /// ([`App::connect_rpc`]).
     rpc: std::sync::OnceLock<mica_rpc::Rpc>,
+    /// Turns for Argon2 runs (`[identity] max_concurrent_password_checks`).
+    pub password_checks: Arc<tokio::sync::Semaphore>,
 }
 
 impl App {
@@ -147,12 +149,16 @@ impl App {
     pub fn new(db: Db, config: Arc<Config>) -> Result<App> {
         let policy = Policy::new(&config.policy).map_err(Error::bad_request)?;
         let images = images::Store::open(&config.image.store_dir)?;
+        let password_checks = Arc::new(tokio::sync::Semaphore::new(
+            config.identity.max_concurrent_password_checks.max(1),
+        ));
         Ok(App {
             db,
             config,
             policy,
             images,
             rpc: std::sync::OnceLock::new(),
+            password_checks,
         })
     }
 

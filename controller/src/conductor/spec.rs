@@ -188,7 +188,7 @@ pub async fn instance_spec(c: &Conductor, inst: &InstanceRow) -> Result<Instance
     };
 
     // Ports, with their networks, subnets and security groups.
-    let ports = network::ports_of_device(&mut conn, &inst.uuid).await?;
+    let ports = network::ports_of_instance(&mut conn, &inst.uuid).await?;
     let mut networks: BTreeMap<String, NetworkSpec> = BTreeMap::new();
     let mut groups: BTreeMap<String, SecurityGroupSpec> = BTreeMap::new();
     let mut port_specs = Vec::new();

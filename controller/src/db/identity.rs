@@ -107,6 +107,8 @@ pub struct Token {
     /// Revoked by `DELETE /v3/auth/tokens`.
     #[sqlx(try_from = "super::Flag")]
     pub revoked: bool,
+    /// The audit id of the token this one was rescoped from.
+    pub parent_audit_id: Option<String>,
 }
 
 /// A token joined with its user and project, as validation needs it.
@@ -663,8 +665,8 @@ pub async fn list_implications<'e>(
 /// Stores a token.
 pub async fn insert_token<'e>(ex: impl Executor<'e, Database = Any>, t: &Token) -> Result<()> {
     sqlx::query(
-        "INSERT INTO tokens (id_hash, user_id, project_id, methods, audit_id, issued_at, expires_at, revoked) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO tokens (id_hash, user_id, project_id, methods, audit_id, issued_at, expires_at, revoked, \
+         parent_audit_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(&t.id_hash)
     .bind(&t.user_id)
@@ -674,6 +676,7 @@ pub async fn insert_token<'e>(ex: impl Executor<'e, Database = Any>, t: &Token) 
     .bind(t.issued_at)
     .bind(t.expires_at)
     .bind(t.revoked)
+    .bind(&t.parent_audit_id)
     .execute(ex)
     .await?;
     Ok(())
@@ -715,6 +718,58 @@ pub async fn revoke_token<'e>(
             .rows_affected()
             == 1,
     )
+}
+
+/// Revokes every token of a user (a password change, a disabled user);
+/// returns how many were live.
+pub async fn revoke_user_tokens<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    user_id: &str,
+) -> Result<u64> {
+    Ok(
+        sqlx::query("UPDATE tokens SET revoked = TRUE WHERE user_id = $1 AND revoked = FALSE")
+            .bind(user_id)
+            .execute(ex)
+            .await?
+            .rows_affected(),
+    )
+}
+
+/// Revokes the tokens rescoped from the token with `audit_id`, and the
+/// tokens rescoped from those, down the chain; returns how many.
+pub async fn revoke_descendants(conn: &mut AnyConnection, audit_id: &str) -> Result<u64> {
+    let mut frontier = vec![audit_id.to_owned()];
+    let mut seen = std::collections::BTreeSet::new();
+    let mut revoked = 0;
+    while !frontier.is_empty() {
+        let mut q = Sql::new("SELECT audit_id FROM tokens WHERE parent_audit_id IN (");
+        q.bind_list(frontier.clone()).push(")");
+        let children: Vec<(String,)> = q.fetch_all(&mut *conn).await?;
+        let mut u = Sql::new(
+            "UPDATE tokens SET revoked = TRUE WHERE revoked = FALSE AND parent_audit_id IN (",
+        );
+        u.bind_list(frontier.clone()).push(")");
+        revoked += u.execute(&mut *conn).await?;
+        frontier = children
+            .into_iter()
+            .map(|(c,)| c)
+            .filter(|c| seen.insert(c.clone()))
+            .collect();
+    }
+    Ok(revoked)
+}
+
+/// Whether the token with `audit_id` is revoked (or gone).
+pub async fn audit_revoked<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    audit_id: &str,
+) -> Result<bool> {
+    let live: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM tokens WHERE audit_id = $1 AND revoked = FALSE LIMIT 1")
+            .bind(audit_id)
+            .fetch_optional(ex)
+            .await?;
+    Ok(live.is_none())
 }
 
 /// Deletes tokens that expired before `before`; returns how many.

@@ -440,6 +440,10 @@ pub struct PortRow {
     /// Made by the compute API for a server: deleted with it.
     #[sqlx(try_from = "super::Flag")]
     pub delete_with_device: bool,
+    /// The instance the compute API bound it to (`''`: none). Only the
+    /// compute API's own flow writes it; `device_id` alone, which any
+    /// client may set, never puts a port into a server.
+    pub bound_instance: String,
     /// Created.
     pub created_at: Timestamp,
     /// Last changed.
@@ -476,8 +480,8 @@ pub async fn insert_port(conn: &mut AnyConnection, p: &Port) -> Result<()> {
     sqlx::query(
         "INSERT INTO ports (id, network_id, project_id, name, description, mac_address, \
          admin_state_up, status, device_id, device_owner, binding_host_id, port_security_enabled, \
-         delete_with_device, created_at, updated_at, revision_number) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+         delete_with_device, bound_instance, created_at, updated_at, revision_number) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
     )
     .bind(&r.id)
     .bind(&r.network_id)
@@ -492,6 +496,7 @@ pub async fn insert_port(conn: &mut AnyConnection, p: &Port) -> Result<()> {
     .bind(&r.binding_host_id)
     .bind(r.port_security_enabled)
     .bind(r.delete_with_device)
+    .bind(&r.bound_instance)
     .bind(r.created_at)
     .bind(r.updated_at)
     .bind(r.revision_number)
@@ -595,8 +600,11 @@ pub struct PortQuery {
     pub project_id: Option<String>,
     /// Ports of this network.
     pub network_id: Option<String>,
-    /// Ports of these devices.
+    /// Ports whose `device_id` is one of these (a client-set field).
     pub device_ids: Option<Vec<String>>,
+    /// Ports the compute API bound to one of these instances, in the
+    /// instance's own project.
+    pub bound_to: Option<Vec<String>>,
     /// Ports with this owner.
     pub device_owner: Option<String>,
     /// Bound to this host.
@@ -630,6 +638,14 @@ pub async fn list_ports(conn: &mut AnyConnection, f: &PortQuery) -> Result<Vec<P
             .bind_list(d.clone())
             .push(")");
     }
+    if let Some(d) = &f.bound_to {
+        q.push(" AND p.device_id = p.bound_instance AND p.bound_instance IN (")
+            .bind_list(d.clone())
+            .push(
+                ") AND EXISTS (SELECT 1 FROM instances i \
+                 WHERE i.uuid = p.bound_instance AND i.project_id = p.project_id)",
+            );
+    }
     if f.subnet_id.is_some() || f.ip_address.is_some() {
         q.push(" AND EXISTS (SELECT 1 FROM port_ips i WHERE i.port_id = p.id");
         if let Some(s) = &f.subnet_id {
@@ -645,12 +661,13 @@ pub async fn list_ports(conn: &mut AnyConnection, f: &PortQuery) -> Result<Vec<P
     attach_ports(conn, rows).await
 }
 
-/// The ports of an instance (its device id), by creation.
-pub async fn ports_of_device(conn: &mut AnyConnection, device_id: &str) -> Result<Vec<Port>> {
+/// The ports of an instance, by creation: those the compute API bound to
+/// it (a port whose `device_id` a client pointed at it is not one).
+pub async fn ports_of_instance(conn: &mut AnyConnection, uuid: &str) -> Result<Vec<Port>> {
     list_ports(
         conn,
         &PortQuery {
-            device_ids: Some(vec![device_id.to_owned()]),
+            bound_to: Some(vec![uuid.to_owned()]),
             ..Default::default()
         },
     )
@@ -678,6 +695,8 @@ pub struct PortUpdate {
     pub port_security_enabled: Option<bool>,
     /// Deleted with its device.
     pub delete_with_device: Option<bool>,
+    /// The instance the compute API bound it to (`''`: none).
+    pub bound_instance: Option<String>,
 }
 
 /// Updates a port; false when it is gone.
@@ -699,6 +718,7 @@ pub async fn update_port<'e>(
     text(&mut q, "device_owner", &u.device_owner);
     text(&mut q, "binding_host_id", &u.binding_host_id);
     text(&mut q, "status", &u.status);
+    text(&mut q, "bound_instance", &u.bound_instance);
     if let Some(v) = u.admin_state_up {
         q.push(", admin_state_up = ").bind(v);
     }
@@ -712,8 +732,34 @@ pub async fn update_port<'e>(
     Ok(q.execute(ex).await? == 1)
 }
 
-/// Binds every port of a device to a host (the conductor, once scheduled;
-/// `''` unbinds). Returns how many ports.
+/// Claims a free port of `project_id` for an instance (the compute API,
+/// for a server create's `networks: [{"port": …}]`): false when the port is
+/// gone, in use, or another project's.
+pub async fn claim_port<'e>(
+    ex: impl Executor<'e, Database = Any>,
+    id: &str,
+    project_id: &str,
+    instance_uuid: &str,
+    device_owner: &str,
+) -> Result<bool> {
+    Ok(sqlx::query(
+        "UPDATE ports SET device_id = $1, device_owner = $2, bound_instance = $1, \
+         revision_number = revision_number + 1, updated_at = $3 \
+         WHERE id = $4 AND project_id = $5 AND device_id = '' AND bound_instance = ''",
+    )
+    .bind(instance_uuid)
+    .bind(device_owner)
+    .bind(Timestamp::now())
+    .bind(id)
+    .bind(project_id)
+    .execute(ex)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Binds every port bound to an instance to a host (the conductor, once
+/// scheduled; `''` unbinds). Returns how many ports.
 pub async fn bind_device_ports<'e>(
     ex: impl Executor<'e, Database = Any>,
     device_id: &str,
@@ -722,7 +768,7 @@ pub async fn bind_device_ports<'e>(
 ) -> Result<u64> {
     Ok(sqlx::query(
         "UPDATE ports SET binding_host_id = $1, status = $2, revision_number = revision_number + 1, \
-         updated_at = $3 WHERE device_id = $4",
+         updated_at = $3 WHERE bound_instance = $4 AND device_id = $4",
     )
     .bind(host)
     .bind(status)
@@ -743,25 +789,26 @@ pub async fn delete_port<'e>(ex: impl Executor<'e, Database = Any>, id: &str) ->
         == 1)
 }
 
-/// Releases the ports of a device: those made for it are deleted, the
-/// others unbound. Returns the ids of the deleted ports.
+/// Releases the ports bound to an instance: those made for it are
+/// deleted, the others unbound. Returns the ids of the deleted ports.
 pub async fn release_device_ports(
     conn: &mut AnyConnection,
     device_id: &str,
 ) -> Result<Vec<String>> {
     let deleted: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM ports WHERE device_id = $1 AND delete_with_device = TRUE",
+        "SELECT id FROM ports WHERE bound_instance = $1 AND delete_with_device = TRUE",
     )
     .bind(device_id)
     .fetch_all(&mut *conn)
     .await?;
-    sqlx::query("DELETE FROM ports WHERE device_id = $1 AND delete_with_device = TRUE")
+    sqlx::query("DELETE FROM ports WHERE bound_instance = $1 AND delete_with_device = TRUE")
         .bind(device_id)
         .execute(&mut *conn)
         .await?;
     sqlx::query(
         "UPDATE ports SET device_id = '', device_owner = '', binding_host_id = '', status = 'DOWN', \
-         revision_number = revision_number + 1, updated_at = $1 WHERE device_id = $2",
+         bound_instance = '', revision_number = revision_number + 1, updated_at = $1 \
+         WHERE bound_instance = $2",
     )
     .bind(Timestamp::now())
     .bind(device_id)

@@ -42,15 +42,10 @@ impl Secrets {
                 namespace: get("namespace")?,
             });
         }
-        let token = || {
-            (0..20)
-                .map(|_| fastrand::alphanumeric())
-                .collect::<String>()
-        };
         let s = Secrets {
-            admin_password: token(),
-            demo_password: token(),
-            namespace: format!("mica-up-{}", token()[..8].to_lowercase()),
+            admin_password: random_alphanumeric(20)?,
+            demo_password: random_alphanumeric(20)?,
+            namespace: format!("mica-up-{}", random_alphanumeric(8)?.to_lowercase()),
         };
         let text = serde_json::to_string_pretty(&json!({
             "admin_password": s.admin_password,
@@ -60,6 +55,25 @@ impl Secrets {
         write_private(&path, &text)?;
         Ok(s)
     }
+}
+
+/// `len` characters of `[A-Za-z0-9]` from the OS CSPRNG, each uniform
+/// (bytes above the largest multiple of 62 are drawn again): about 5.95
+/// bits each, 119 bits for a 20-character password.
+pub fn random_alphanumeric(len: usize) -> Result<String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let limit = 256 - 256 % ALPHABET.len();
+    let mut out = String::with_capacity(len);
+    let mut buf = [0u8; 64];
+    while out.len() < len {
+        getrandom::fill(&mut buf).map_err(|e| anyhow::anyhow!("the OS random source: {e}"))?;
+        for b in buf {
+            if (b as usize) < limit && out.len() < len {
+                out.push(ALPHABET[b as usize % ALPHABET.len()] as char);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Writes a file only its owner can read.
@@ -317,4 +331,28 @@ pub async fn init(args: InitArgs) -> Result<()> {
         path.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_alphanumeric_is_long_uniform_and_fresh() {
+        let a = random_alphanumeric(20).unwrap();
+        assert_eq!(a.len(), 20);
+        assert!(a.bytes().all(|b| b.is_ascii_alphanumeric()), "{a}");
+        assert_ne!(a, random_alphanumeric(20).unwrap());
+        // Every character of the alphabet shows up, none dominates.
+        let many = random_alphanumeric(62 * 200).unwrap();
+        let mut counts = std::collections::BTreeMap::new();
+        for c in many.chars() {
+            *counts.entry(c).or_insert(0usize) += 1;
+        }
+        assert_eq!(counts.len(), 62);
+        assert!(
+            counts.values().all(|n| (100..=320).contains(n)),
+            "{counts:?}"
+        );
+    }
 }

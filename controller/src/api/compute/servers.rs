@@ -527,6 +527,8 @@ pub async fn action(
         "os-getVNCConsole" | "os-getSerialConsole" | "os-getSPICEConsole" | "os-getRDPConsole"
             if !mv.at_least(6) =>
         {
+            // Nova asks policy before the driver says the type is unserved.
+            consoles::authorize(st, &ctx, &id).await?;
             let kind = consoles::parse_action_type(name, arg.get("type").and_then(Value::as_str))?;
             let c = consoles::create(st, &ctx, &id, kind).await?;
             return Ok(

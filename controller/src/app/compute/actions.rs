@@ -526,7 +526,7 @@ pub async fn add_security_group(app: &App, ctx: &Context, id: &str, name: &str) 
             }
             store::add_security_group(&mut *tx, id, &g.id).await?;
             let mut ports = Vec::new();
-            for p in net_store::ports_of_device(&mut tx, id).await? {
+            for p in net_store::ports_of_instance(&mut tx, id).await? {
                 if !p.row.port_security_enabled {
                     continue;
                 }
@@ -572,7 +572,7 @@ pub async fn remove_security_group(app: &App, ctx: &Context, id: &str, name: &st
             }
             let mut had = store::remove_security_group(&mut *tx, id, &g.id).await?;
             let mut ports = Vec::new();
-            for p in net_store::ports_of_device(&mut tx, id).await? {
+            for p in net_store::ports_of_instance(&mut tx, id).await? {
                 if p.security_groups.contains(&g.id) {
                     had = true;
                     let groups: Vec<String> = p

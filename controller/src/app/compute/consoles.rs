@@ -148,6 +148,23 @@ pub struct RemoteConsole {
     pub url: String,
 }
 
+/// The server `id` if the caller may open its consoles: 404 when it can't
+/// see it, 403 unless a member of its project or an admin (Nova's
+/// `os_compute_api:os-remote-consoles`).
+pub async fn authorize(
+    app: &App,
+    ctx: &Context,
+    id: &str,
+) -> Result<crate::db::instances::InstanceRow> {
+    let inst = get_visible(app, ctx, id).await?;
+    app.policy.enforce(
+        "os_compute_api:os-remote-consoles",
+        ctx,
+        crate::policy::Target::project(&inst.project_id),
+    )?;
+    Ok(inst)
+}
+
 /// Issues a token for `kind` of server `id` and returns its URL.
 pub async fn create(
     app: &App,
@@ -162,7 +179,7 @@ pub async fn create(
             kind.protocol()
         )));
     }
-    let inst = get_visible(app, ctx, id).await?;
+    let inst = authorize(app, ctx, id).await?;
     let action = match kind {
         ConsoleType::NoVnc => "get_vnc_console",
         ConsoleType::Serial => "get_serial_console",

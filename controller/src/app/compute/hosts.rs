@@ -178,7 +178,9 @@ pub async fn delete_service(app: &App, ctx: &Context, id: &str) -> Result<()> {
         }
         store::delete_nodes_of_host(app.db.pool(), &s.host).await?;
     }
-    store::delete_service(app.db.pool(), s.id).await?;
+    if !store::delete_service(app.db.pool(), s.id).await? {
+        return Err(service_not_found(id));
+    }
     Ok(())
 }
 
@@ -476,7 +478,9 @@ pub async fn delete_aggregate(app: &App, ctx: &Context, id: &str) -> Result<()> 
             a.row.id
         )));
     }
-    store::delete_aggregate(app.db.pool(), a.row.id).await?;
+    if !store::delete_aggregate(app.db.pool(), a.row.id).await? {
+        return Err(aggregate_not_found(id));
+    }
     Ok(())
 }
 

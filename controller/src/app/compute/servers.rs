@@ -168,7 +168,7 @@ pub async fn load(app: &App, rows: Vec<InstanceRow>) -> Result<Vec<ServerData>> 
     let ports = net_store::list_ports(
         &mut conn,
         &net_store::PortQuery {
-            device_ids: Some(uuids.clone()),
+            bound_to: Some(uuids.clone()),
             ..Default::default()
         },
     )
@@ -1474,7 +1474,14 @@ async fn plan_networks(
                         .ok_or_else(|| {
                             Error::bad_request(format!("Port id {port} could not be found."))
                         })?;
-                    if !p.row.device_id.is_empty() {
+                    // Nova binds a port only into a server of the port's
+                    // own project, whoever asks.
+                    if p.row.project_id != project {
+                        return Err(Error::bad_request(format!(
+                            "Port {port} not usable for a server of project {project}: it belongs to another project."
+                        )));
+                    }
+                    if !p.row.device_id.is_empty() || !p.row.bound_instance.is_empty() {
                         return Err(Error::conflict(format!("Port {port} is still in use.")));
                     }
                     out.push(Nic::Port(p.row.id));
@@ -1706,6 +1713,7 @@ pub async fn create(
                                 security_groups: p.security_groups.clone(),
                                 admin_state_up: true,
                                 delete_with_device: true,
+                                bound_instance: uuid.clone(),
                                 ..Default::default()
                             };
                             port_app::allocate_port(&mut tx, &base_mac, &req)
@@ -1722,20 +1730,11 @@ pub async fn create(
                                 })?;
                         }
                         Nic::Port(id) => {
-                            let claimed = net_store::update_port(
-                                &mut *tx,
-                                id,
-                                &net_store::PortUpdate {
-                                    device_id: Some(uuid.clone()),
-                                    device_owner: Some(owner.clone()),
-                                    ..Default::default()
-                                },
-                            )
-                            .await?;
+                            let claimed =
+                                net_store::claim_port(&mut *tx, id, &project, &uuid, &owner)
+                                    .await?;
                             if !claimed {
-                                return Err(Error::bad_request(format!(
-                                    "Port id {id} could not be found."
-                                )));
+                                return Err(Error::conflict(format!("Port {id} is still in use.")));
                             }
                         }
                     }
@@ -2214,6 +2213,11 @@ pub async fn console_output(
     use mica_rpc::Topic;
     use mica_rpc::compute::{ConsoleOutputRequest, GetConsoleOutput};
     let inst = get_visible(app, ctx, id).await?;
+    app.policy.enforce(
+        "os_compute_api:os-console-output",
+        ctx,
+        Target::project(&inst.project_id),
+    )?;
     let host = match inst.host.as_deref() {
         Some(h) if inst.vm_state != vm::BUILDING => h.to_owned(),
         _ => {

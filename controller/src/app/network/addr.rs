@@ -106,6 +106,58 @@ impl Cidr {
     }
 }
 
+/// Ranges no tenant subnet or gateway may touch: a compute host routes
+/// them itself (loopback, link-local — the metadata address
+/// 169.254.169.254 is Mica's —, multicast) or they mean "any address".
+const RESERVED: &[(&str, &str)] = &[
+    ("0.0.0.0/8", "unspecified (0.0.0.0/n)"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("224.0.0.0/4", "multicast"),
+    ("::/128", "unspecified (::/n)"),
+    ("::1/128", "loopback"),
+    ("fe80::/10", "link-local"),
+    ("ff00::/8", "multicast"),
+];
+
+fn reserved_overlap(c: &Cidr) -> Option<(&'static str, &'static str)> {
+    RESERVED.iter().copied().find(|(r, _)| {
+        Cidr::parse(r)
+            .expect("the reserved ranges parse")
+            .overlaps(c)
+    })
+}
+
+/// Refuses (400, Neutron's `InvalidInput`) a tenant subnet CIDR that
+/// overlaps a loopback, link-local, multicast or unspecified range.
+pub fn check_tenant_cidr(c: &Cidr) -> Result<()> {
+    match reserved_overlap(c) {
+        None => Ok(()),
+        Some((range, what)) => Err(Error::bad_request(format!(
+            "Invalid input for operation: {} overlaps the {what} range {range}; such a subnet is not supported.",
+            c.to_text()
+        ))
+        .with_code("InvalidInput")),
+    }
+}
+
+/// Refuses (400) a gateway address in one of those ranges.
+pub fn check_tenant_gateway(ip: u128, version: u8) -> Result<()> {
+    let one = Cidr {
+        base: ip,
+        len: if version == 4 { 32 } else { 128 },
+        version,
+    };
+    match reserved_overlap(&one) {
+        None => Ok(()),
+        Some((range, what)) => Err(Error::bad_request(format!(
+            "Invalid input for gateway_ip. Reason: {} is a {what} address ({range}).",
+            to_ip(ip, version)
+        ))
+        .with_code("InvalidInput")),
+    }
+}
+
 /// Parses an address, giving (value, version).
 pub fn parse_ip(s: &str) -> Option<(u128, u8)> {
     match s.parse::<IpAddr>().ok()? {
@@ -246,6 +298,48 @@ pub fn first_free(cidr: &Cidr, pools: &[Pool], used: &[String]) -> Option<String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reserved_ranges_are_refused() {
+        for bad in [
+            "127.0.0.0/8",
+            "127.0.0.0/24",
+            "169.254.0.0/16",
+            "169.254.169.0/24",
+            "169.0.0.0/8",
+            "224.0.0.0/4",
+            "239.1.0.0/16",
+            "0.0.0.0/1",
+            "0.0.0.0/0",
+            "0.0.0.0/8",
+            "::1/128",
+            "fe80::/64",
+            "ff02::/16",
+            "::/0",
+            "::/1",
+        ] {
+            assert!(
+                check_tenant_cidr(&Cidr::parse(bad).unwrap()).is_err(),
+                "{bad}"
+            );
+        }
+        for good in [
+            "10.0.2.0/24",
+            "192.168.1.0/24",
+            "100.64.0.0/10",
+            "fd00::/64",
+            "2001:db8::/64",
+        ] {
+            assert!(
+                check_tenant_cidr(&Cidr::parse(good).unwrap()).is_ok(),
+                "{good}"
+            );
+        }
+        let (v, ver) = parse_ip("169.254.169.254").unwrap();
+        assert!(check_tenant_gateway(v, ver).is_err());
+        let (v, ver) = parse_ip("10.0.0.1").unwrap();
+        assert!(check_tenant_gateway(v, ver).is_ok());
+    }
 
     #[test]
     fn cidrs_parse_and_pools_default_around_the_gateway() {

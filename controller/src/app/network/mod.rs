@@ -327,7 +327,9 @@ pub async fn delete_network(app: &App, ctx: &Context, id: &str) -> Result<()> {
                 ))
                 .with_code("NetworkInUse"));
             }
-            store::delete_network(&mut tx, id).await?;
+            if !store::delete_network(&mut tx, id).await? {
+                return Err(network_not_found(id));
+            }
             tx.commit().await?;
             Ok(())
         })
@@ -403,6 +405,7 @@ pub async fn create_subnet(app: &App, ctx: &Context, s: NewSubnet) -> Result<Sub
             s.cidr
         )));
     }
+    addr::check_tenant_cidr(&cidr)?;
     let gateway = match &s.gateway_ip {
         None => Some(cidr.host_range().0),
         Some(None) => None,
@@ -412,6 +415,7 @@ pub async fn create_subnet(app: &App, ctx: &Context, s: NewSubnet) -> Result<Sub
                     "Invalid input for gateway_ip. Reason: '{g}' is not a valid IP address."
                 ))
             })?;
+            addr::check_tenant_gateway(v, ver)?;
             if ver != cidr.version || !cidr.contains(v) {
                 return Err(Error::bad_request(format!(
                     "Gateway IP {g} is not in the subnet {}.",
@@ -555,6 +559,7 @@ pub async fn update_subnet(
                     "Invalid input for gateway_ip. Reason: '{g}' is not a valid IP address."
                 ))
             })?;
+            addr::check_tenant_gateway(v, ver)?;
             if ver != cidr.version || !cidr.contains(v) {
                 return Err(Error::bad_request(format!(
                     "Gateway IP {g} is not in the subnet {}.",
@@ -603,7 +608,9 @@ pub async fn delete_subnet(app: &App, ctx: &Context, id: &str) -> Result<()> {
                 )
                 .with_code("SubnetInUse"));
             }
-            store::delete_subnet(&mut *tx, id).await?;
+            if !store::delete_subnet(&mut *tx, id).await? {
+                return Err(subnet_not_found(id));
+            }
             tx.commit().await?;
             Ok(())
         })

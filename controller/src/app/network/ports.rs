@@ -57,6 +57,8 @@ pub struct PortRequest {
     pub admin_state_up: bool,
     /// Deleted with its device.
     pub delete_with_device: bool,
+    /// The instance the compute API binds it to (`''`: none).
+    pub bound_instance: String,
 }
 
 fn random_mac(base: &str) -> String {
@@ -282,6 +284,7 @@ pub async fn allocate_port(
                 .port_security_enabled
                 .unwrap_or(network.port_security_enabled),
             delete_with_device: req.delete_with_device,
+            bound_instance: req.bound_instance.clone(),
             created_at: now,
             updated_at: now,
             revision_number: 1,
@@ -335,6 +338,34 @@ pub struct NewPort {
     pub admin_state_up: bool,
 }
 
+/// Neutron's rule for `device_id`: a non-admin may point a port only at a
+/// device of the port's own project. A server of another project, or for a
+/// `compute:` owner anything but a live server of the port's project, is
+/// refused (403). Even then it is only a label: the compute API binds ports
+/// into servers itself (`bound_instance`), never by `device_id`.
+async fn check_device(
+    app: &App,
+    ctx: &Context,
+    project: &str,
+    device_id: &str,
+    device_owner: &str,
+    rule: &str,
+) -> Result<()> {
+    if device_id.is_empty() || ctx.is_admin() {
+        return Ok(());
+    }
+    let inst = crate::db::instances::get_instance(app.db.pool(), device_id).await?;
+    let own = inst.as_ref().is_some_and(|i| i.project_id == project);
+    let other = inst.as_ref().is_some_and(|i| i.project_id != project);
+    if other || (device_owner.starts_with("compute:") && !own) {
+        return Err(Error::forbidden(format!(
+            "(rule:{rule} and rule:{rule}:device_id) is disallowed by policy: device {device_id} is not a server of project {project}."
+        ))
+        .with_code("PolicyNotAuthorized"));
+    }
+    Ok(())
+}
+
 /// Creates a port on a network the caller sees.
 pub async fn create_port(app: &App, ctx: &Context, p: NewPort) -> Result<Port> {
     let own = project_of(ctx)?.to_owned();
@@ -374,6 +405,15 @@ pub async fn create_port(app: &App, ctx: &Context, p: NewPort) -> Result<Port> {
             Target::project(&own),
         )?;
     }
+    check_device(
+        app,
+        ctx,
+        &project,
+        &p.device_id,
+        &p.device_owner,
+        "create_port",
+    )
+    .await?;
     let security_groups = match &p.security_groups {
         Some(ids) => security_groups::resolve_ids(app, ctx, &project, ids).await?,
         None => vec![security_groups::ensure_default(app, &project).await?.row.id],
@@ -393,6 +433,7 @@ pub async fn create_port(app: &App, ctx: &Context, p: NewPort) -> Result<Port> {
         port_security_enabled: p.port_security_enabled,
         admin_state_up: p.admin_state_up,
         delete_with_device: false,
+        bound_instance: String::new(),
     };
     let base = app.config.network.base_mac.clone();
     let port = app
@@ -504,6 +545,23 @@ pub async fn update_port(app: &App, ctx: &Context, id: &str, c: PortChanges) -> 
             Target::project(&p.row.project_id),
         )?;
     }
+    if c.device_id.is_some() || c.device_owner.is_some() {
+        check_device(
+            app,
+            ctx,
+            &p.row.project_id,
+            c.device_id.as_deref().unwrap_or(&p.row.device_id),
+            c.device_owner.as_deref().unwrap_or(&p.row.device_owner),
+            "update_port",
+        )
+        .await?;
+    }
+    // A client moving a bound port's `device_id` elsewhere unbinds it from
+    // its server (the compute API never follows `device_id`).
+    let unbind = c
+        .device_id
+        .as_ref()
+        .is_some_and(|d| !p.row.bound_instance.is_empty() && *d != p.row.bound_instance);
     let groups = match &c.security_groups {
         Some(ids) => Some(security_groups::resolve_ids(app, ctx, &p.row.project_id, ids).await?),
         None => None,
@@ -524,6 +582,7 @@ pub async fn update_port(app: &App, ctx: &Context, id: &str, c: PortChanges) -> 
         device_owner: c.device_owner,
         binding_host_id: c.binding_host_id,
         port_security_enabled: c.port_security_enabled,
+        bound_instance: unbind.then(String::new),
         ..Default::default()
     };
     let old_groups = p.security_groups.clone();
@@ -559,19 +618,21 @@ pub async fn delete_port(app: &App, ctx: &Context, id: &str) -> Result<()> {
         ctx,
         Target::project(&p.row.project_id),
     )?;
-    if p.row.device_owner.starts_with("compute:") && !p.row.device_id.is_empty() {
-        let live = crate::db::instances::get_instance(app.db.pool(), &p.row.device_id)
+    if !p.row.bound_instance.is_empty() {
+        let live = crate::db::instances::get_instance(app.db.pool(), &p.row.bound_instance)
             .await?
             .is_some();
         if live {
             return Err(Error::conflict(format!(
                 "Port {id} is in use by server {}; delete the server first.",
-                p.row.device_id
+                p.row.bound_instance
             ))
             .with_code("PortInUse"));
         }
     }
-    store::delete_port(app.db.pool(), id).await?;
+    if !store::delete_port(app.db.pool(), id).await? {
+        return Err(port_not_found(id));
+    }
     security_groups::push_for_groups(app, &p.security_groups, &[]).await;
     Ok(())
 }
@@ -587,7 +648,7 @@ pub async fn port_specs(
 ) -> Result<Vec<mica_rpc::compute::PortSpec>> {
     use mica_rpc::compute::{FixedIp, NetworkSpec, PortSpec, SubnetSpec};
     let mut conn = app.db.pool().acquire().await?;
-    let ports = store::ports_of_device(&mut conn, instance_uuid).await?;
+    let ports = store::ports_of_instance(&mut conn, instance_uuid).await?;
     let mut out = Vec::new();
     for p in ports {
         let Some(n) = store::get_network(&mut *conn, &p.row.network_id).await? else {

@@ -349,7 +349,11 @@ pub async fn delete_group(app: &App, ctx: &Context, id: &str) -> Result<()> {
                 .filter(|r| r.remote_group_id.as_deref() == Some(id) && r.security_group_id != id)
                 .map(|r| r.security_group_id)
                 .collect();
-            store::delete_group(&mut *tx, id).await?;
+            // The delete's row count decides: of concurrent deletes, one
+            // removes the group and the others find it gone.
+            if !store::delete_group(&mut *tx, id).await? {
+                return Err(group_not_found(id));
+            }
             tx.commit().await?;
             Ok(referencing)
         })
