@@ -22,6 +22,16 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// `packages.sh --check` with PATH set to `path` alone.
+fn check_on_path(path: &Path) -> Output {
+    Command::new("bash")
+        .arg(script())
+        .arg("--check")
+        .env("PATH", path)
+        .output()
+        .unwrap()
+}
+
 /// The folders of this process's PATH (and the usual ones).
 fn path_dirs() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> =
@@ -91,12 +101,7 @@ fn the_check_names_the_package_of_a_hidden_command() {
     // With everything visible, this machine (set up by `make setup`) passes.
     let tmp = tempfile::tempdir().unwrap();
     let all = path_without(&tmp.path().join("all"), &[]);
-    let out = Command::new("bash")
-        .arg(script())
-        .arg("--check")
-        .env("PATH", &all)
-        .output()
-        .unwrap();
+    let out = check_on_path(&all);
     if !out.status.success() {
         // Not set up: only a hard failure where the suite must be complete.
         let what: Result<(), String> = Err(format!("this machine is not set up: {}", text(&out)));
@@ -111,12 +116,7 @@ fn the_check_names_the_package_of_a_hidden_command() {
         ("socat", "socat"),
     ] {
         let bin = path_without(&tmp.path().join(format!("without-{hidden}")), &[hidden]);
-        let out = Command::new("bash")
-            .arg(script())
-            .arg("--check")
-            .env("PATH", &bin)
-            .output()
-            .unwrap();
+        let out = check_on_path(&bin);
         let t = text(&out);
         assert_eq!(out.status.code(), Some(1), "{t}");
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -140,12 +140,7 @@ fn the_check_names_the_package_of_a_hidden_command() {
     )
     .unwrap();
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = Command::new("bash")
-        .arg(script())
-        .arg("--check")
-        .env("PATH", &broken)
-        .output()
-        .unwrap();
+    let out = check_on_path(&broken);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("qemu-utils: installed"),
