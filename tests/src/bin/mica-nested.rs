@@ -73,11 +73,14 @@ fn main() {
         host.ready_line(),
         command.join(" ")
     );
-    match host.run_timeout(&script, Duration::from_secs(3600)) {
+    let result = host.run_timeout(&script, Duration::from_secs(3600));
+    // Powers L1 off (kills QEMU if it must): process::exit below runs no
+    // destructor, and a failed run used to leave its QEMU running.
+    drop(host);
+    match result {
         Ok(out) => {
             print!("{}", out.stdout);
             eprint!("{}", out.stderr);
-            drop(host);
             std::process::exit(out.code);
         }
         Err(e) => {
