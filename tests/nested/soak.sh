@@ -6,7 +6,7 @@
 # on the first L1 that panics, hangs or loses a guest; prints a summary line per
 # L1 and a total. The figures in tests/nested/README.md come from here.
 #   tests/nested/soak.sh [MINUTES]      (default 60; needs `make setup`)
-# Env: SOAK_CPUS (L1's vCPUs, 2), SOAK_MEMORY (MiB, 2048), SOAK_WORKLOADS (the
+# Env: SOAK_CPUS (L1's vCPUs; default the harness's, 1), SOAK_MEMORY (MiB, 2048), SOAK_WORKLOADS (the
 # guests' workloads to cycle through, default "io reboot cpu randread").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -29,7 +29,7 @@ while [ "$(date +%s)" -lt "$end" ]; do
     left=$(((end - $(date +%s) + 59) / 60))
     [ "$left" -gt 50 ] && left=50
     echo "soak: L1 #$round for $left minutes" | tee -a "$log"
-    if ! target/debug/mica-nested run --cpus "${SOAK_CPUS:-2}" --memory "${SOAK_MEMORY:-2048}" -- \
+    if ! target/debug/mica-nested run ${SOAK_CPUS:+--cpus "$SOAK_CPUS"} --memory "${SOAK_MEMORY:-2048}" -- \
         bash tests/nested/soak-l1.sh "$left" "$PWD/target/debug/mica-vmm" "$kernel" "$rootfs" "$PWD/target/soak/blkbench" "${SOAK_WORKLOADS:-io reboot cpu randread}" >>"$log" 2>&1; then
         grep -E '^soak: [0-9]+ boots|FAILED|mica-nested:' "$log" | tail -n 5
         echo "soak: L1 #$round failed; see $log and target/nested-logs/cli-*.log (L1's console)" >&2
