@@ -276,7 +276,8 @@ pub struct Supervised {
     /// `None` while a new L1 boots.
     compute: Arc<Mutex<Option<NestedCompute>>>,
     stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
+    /// Answers the stop flag of the log follower of the L1 running last.
+    task: tokio::task::JoinHandle<Arc<AtomicBool>>,
     /// Where the agent's state (instance disks, image cache, records) is
     /// kept while the nested host is down.
     saved: PathBuf,
@@ -431,8 +432,8 @@ fn describe_nested(compute: &NestedCompute) -> Value {
 
 /// How often the supervisor looks at L1.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
-/// Watchdog kicks in a row (one per 4 s without CPU use) after which a
-/// stalled L1 is given up and restarted.
+/// Watchdog kicks in a row (one per 4 s without CPU use or a job-loop
+/// heartbeat) after which a stalled L1 is given up and restarted.
 const STALL_KICKS_LIMIT: u32 = 8;
 
 impl Supervised {
@@ -473,11 +474,15 @@ impl Supervised {
 
     async fn stop(self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = self.task.await;
+        let log_stop = self.task.await.ok();
         let compute = lock(&self.compute).take();
         if let Some(compute) = compute {
             let saved = self.saved;
             let _ = tokio::task::spawn_blocking(move || compute.stop(Some(&saved))).await;
+        }
+        // The agent's last lines are copied; then the follower ends.
+        if let Some(flag) = log_stop {
+            flag.store(true, Ordering::SeqCst);
         }
     }
 }
@@ -507,7 +512,7 @@ async fn supervise(
     mut log_stop: Arc<AtomicBool>,
     described: Arc<Mutex<Value>>,
     describe_to: PathBuf,
-) {
+) -> Arc<AtomicBool> {
     while !stop.load(Ordering::SeqCst) {
         tokio::time::sleep(SUPERVISE_EVERY).await;
         let death = {
@@ -534,7 +539,7 @@ async fn supervise(
         let mut delay = Duration::from_secs(2);
         loop {
             if stop.load(Ordering::SeqCst) {
-                return;
+                return log_stop;
             }
             let o = options.clone();
             match tokio::task::spawn_blocking(move || NestedCompute::start(&o)).await {
@@ -562,6 +567,7 @@ async fn supervise(
             delay = (delay * 2).min(Duration::from_secs(60));
         }
     }
+    log_stop
 }
 
 /// Reports every server the database places on the dead `host` as having no
