@@ -283,10 +283,7 @@ fn resolve_vmm_binary(configured: &str) -> PathBuf {
         return sibling;
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join("mica-vmm"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from("mica-vmm"))
+    crate::programs::locate("mica-vmm", &path).unwrap_or_else(|| PathBuf::from("mica-vmm"))
 }
 
 /// The host's first global IPv4 address (for operators, in os-hypervisors).

@@ -272,7 +272,7 @@ fn check_programs(mode: ComputeMode) -> Result<()> {
         ));
     }
     for p in programs::agent_programs("qemu-img", "dnsmasq") {
-        if !needed.contains(&p) && !needed.iter().any(|n| n.name == p.name) {
+        if !needed.iter().any(|n| n.name == p.name) {
             needed.push(p);
         }
     }
