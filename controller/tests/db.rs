@@ -1,6 +1,8 @@
 //! The datastore itself: migrations, schema parity between PostgreSQL and
 //! SQLite, and the layering rule that SQL lives only under `src/db`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use mica_controller::config;
@@ -86,22 +88,11 @@ fn migration_folders_match_and_landed_migrations_are_unchanged() {
     }
 }
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            rust_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push(p);
-        }
-    }
-}
-
 #[test]
 fn sql_lives_only_in_the_datastore() {
     let src = manifest().join("src");
     let mut all = Vec::new();
-    rust_files(&src, &mut all);
+    common::rust_files(&src, &mut all);
     let needles = [
         "sqlx::query",
         "query_as(",

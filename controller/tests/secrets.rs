@@ -3,7 +3,9 @@
 //! non-cryptographic generator only where the listed reason says why
 //! predictability does no harm.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 /// Files that may use `fastrand`, and why.
 const ALLOWED: &[(&str, &str)] = &[
@@ -40,17 +42,6 @@ const WEAK: &[&str] = &[
     "rand::random",
 ];
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            rust_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push(p);
-        }
-    }
-}
-
 #[test]
 fn secrets_come_from_the_os_csprng() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
@@ -61,7 +52,7 @@ fn secrets_come_from_the_os_csprng() {
         "controller/rpc/src",
         "agent/src",
     ] {
-        rust_files(&root.join(dir), &mut files);
+        common::rust_files(&root.join(dir), &mut files);
     }
     assert!(files.len() > 50, "found the sources: {}", files.len());
     let mut bad = Vec::new();

@@ -33,7 +33,7 @@ dwarves          -                   pahole
 pkg-config       -                   pkg-config
 linux-source-6.1 -                   /usr/src/linux-source-6.1.tar.xz
 busybox-static   -                   /bin/busybox
-e2fsprogs        -                   mkfs.ext4 mke2fs
+e2fsprogs        -                   mkfs.ext4 mke2fs debugfs
 dosfstools       -                   mkfs.vfat
 util-linux       -                   mkswap
 cpio             -                   cpio

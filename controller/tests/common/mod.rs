@@ -342,3 +342,15 @@ pub async fn password_login(
         project_id: body["token"]["project"]["id"].as_str().unwrap().to_owned(),
     }
 }
+
+/// Every `.rs` file below `dir` (source scans: where SQL or RNG calls live).
+pub fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}

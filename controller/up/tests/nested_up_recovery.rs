@@ -8,7 +8,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Up;
-use serde_json::Value;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
@@ -28,10 +27,6 @@ fn err_log(up: &Up) -> String {
     std::fs::read_to_string(&up.err).unwrap_or_default()
 }
 
-fn described(up: &Up) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(up.state.join("compute.json")).unwrap()).unwrap()
-}
-
 #[test]
 fn nested_up_restarts_a_dead_compute_host() {
     if !common::available() {
@@ -49,7 +44,7 @@ fn nested_up_restarts_a_dead_compute_host() {
     assert_eq!(vm1["status"], "ACTIVE", "{vm1}");
 
     // L1 dies as it would in a kernel panic: its QEMU is gone at once.
-    let pid = described(&up)["qemu_pid"].as_u64().expect("qemu_pid") as i32;
+    let pid = up.described()["qemu_pid"].as_u64().expect("qemu_pid") as i32;
     let killed = Instant::now();
     // SAFETY: kill(2) of the QEMU that this test's mica up started (its pid
     // from mica up's own compute.json).
@@ -77,7 +72,7 @@ fn nested_up_restarts_a_dead_compute_host() {
     wait_for("the compute host did not come back", SECS(240), &up, || {
         err_log(&up).contains(&format!("the nested compute host {host} is back"))
     });
-    let new_pid = described(&up)["qemu_pid"].as_u64().unwrap() as i32;
+    let new_pid = up.described()["qemu_pid"].as_u64().unwrap() as i32;
     assert_ne!(new_pid, pid, "compute.json names the new L1");
     wait_for(
         "the compute service is not up again",

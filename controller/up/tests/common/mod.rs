@@ -95,12 +95,15 @@ impl Up {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
+    /// What mica up says of its compute host (`<state>/compute.json`).
+    pub fn described(&self) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(self.state.join("compute.json")).unwrap())
+            .unwrap()
+    }
+
     /// The compute host: `(host name, job folder of the nested host)`.
     pub fn compute(&self) -> (String, PathBuf) {
-        let v: Value = serde_json::from_str(
-            &std::fs::read_to_string(self.state.join("compute.json")).unwrap(),
-        )
-        .unwrap();
+        let v = self.described();
         (
             v["host"].as_str().unwrap().to_owned(),
             PathBuf::from(v["job_folder"].as_str().expect("a nested compute host")),
