@@ -1,5 +1,11 @@
 //! Instance networking on a compute host: a flat network is a Linux bridge
 //! on each host that has ports on it, and each port a tap on that bridge.
+//! Where the network's gateway address and DHCP server live depends on whose
+//! network it is.
+//!
+//! A host-routed network (shared, external or default: the provider kind,
+//! made by an admin) has them on the host, as nova-network's multi-host
+//! FlatDHCP did:
 //!
 //! ```text
 //!             host (the subnet's gateway address on the bridge)
@@ -10,13 +16,24 @@
 //!              VMM             VMM            and security groups
 //! ```
 //!
-//! As with nova-network's multi-host FlatDHCP, every host is its guests'
-//! gateway and DHCP server on its own bridge (the design leaves room for
-//! provider bridges with uplinks and for overlays). Bridges, taps and tables
-//! are named from the network and port ids, so every operation is idempotent
-//! and a restarted agent finds what it made. A name that exists but is not
-//! what the agent would have made (a bridge that is not a bridge, a tap that
-//! is not a tap) is an error, never reused or removed.
+//! An isolated network (a project's own) keeps them in a network namespace
+//! of its own, as Neutron's DHCP agent does (`qdhcp-<id>`): two projects may
+//! choose the same CIDR, their guests never reach the host's own addresses,
+//! and the host's routes, addresses and rules stay exactly as they were.
+//!
+//! ```text
+//!   netns mica-net-<net id>:  gw (gateway addresses)  dnsmasq  lo
+//!                              │ veth
+//!   host:   brq<net id> ── gwb<net id>         (no address, no IPv6)
+//!                │
+//!             tap<port id> … (as above)
+//! ```
+//!
+//! Bridges, taps, links, namespaces and tables are named from the network
+//! and port ids, so every operation is idempotent and a restarted agent
+//! finds what it made. A name that exists but is not what the agent would
+//! have made (a bridge that is not a bridge, a tap that is not a tap) is an
+//! error, never reused or removed.
 
 pub mod dnsmasq;
 pub mod nft;
@@ -40,6 +57,8 @@ pub enum NetError {
     NotATap(String),
     #[error("interface {0} exists and is not a bridge")]
     NotABridge(String),
+    #[error("interface {0} exists and is not a veth pair's end")]
+    NotAVeth(String),
     #[error("network {network}: {message}")]
     Invalid { network: String, message: String },
     #[error("port {port}")]
@@ -131,6 +150,31 @@ pub fn host_address(cidr: &Prefix, gateway: Option<&str>) -> Option<(Ipv4Addr, u
     Some((Ipv4Addr::from(broadcast - 1), cidr.len))
 }
 
+/// Where an isolated network's namespace is named from (`ip netns`, then
+/// the network's id), as Neutron's `qdhcp-<network id>`.
+pub const NAMESPACE_PREFIX: &str = "mica-net-";
+/// The prefix of the host end of an isolated network's gateway link.
+pub const GATEWAY_LINK_PREFIX: &str = "gwb";
+/// The gateway's interface inside an isolated network's namespace.
+pub const GATEWAY_LINK: &str = "gw";
+
+/// The MAC of an isolated network's gateway: stable, and not the bridge's
+/// (a port with the bridge's own address would never be forwarded to).
+pub fn gateway_mac(network_id: &str) -> String {
+    bridge_mac(&format!("{network_id}/gateway"))
+}
+
+fn netns_exists(name: &str) -> bool {
+    Path::new("/run/netns").join(name).exists()
+}
+
+/// Whether an existing link is one end of a veth pair.
+async fn is_veth(name: &str) -> bool {
+    ip(&["-d", "-o", "link", "show", "dev", name])
+        .await
+        .is_ok_and(|out| out.split_whitespace().any(|w| w == "veth"))
+}
+
 fn iface_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
 }
@@ -195,12 +239,26 @@ async fn ip(args: &[&str]) -> Result<String, NetError> {
 /// Several `ip` commands in one process (`ip -batch -`): each process costs
 /// a lot where process start-up is slow (an emulated CPU).
 async fn ip_batch(lines: &[String]) -> Result<(), NetError> {
+    ip_batch_at(None, lines).await
+}
+
+/// [`ip_batch`] inside a network namespace (`ip -n <netns>`).
+async fn ip_batch_in(netns: &str, lines: &[String]) -> Result<(), NetError> {
+    ip_batch_at(Some(netns), lines).await
+}
+
+async fn ip_batch_at(netns: Option<&str>, lines: &[String]) -> Result<(), NetError> {
     if lines.is_empty() {
         return Ok(());
     }
     let mut script = lines.join("\n");
     script.push('\n');
-    run("ip", &["-batch", "-"], Some(&script)).await.map(|_| ())
+    let mut args = Vec::new();
+    if let Some(ns) = netns {
+        args.extend(["-n", ns]);
+    }
+    args.extend(["-batch", "-"]);
+    run("ip", &args, Some(&script)).await.map(|_| ())
 }
 
 async fn nft_apply(script: &str) -> Result<(), NetError> {
@@ -241,8 +299,20 @@ impl Networking {
         Ok(self.dir.join(network_id))
     }
 
-    /// Makes the network's bridge, host addresses, DHCP server (serving
-    /// `hosts`) and NAT exist as `net` describes.
+    /// The network namespace of an isolated network on this host.
+    pub fn namespace_name(&self, network_id: &str) -> String {
+        format!("{NAMESPACE_PREFIX}{network_id}")
+    }
+
+    /// The host end of an isolated network's gateway link (a veth pair:
+    /// this end on the bridge, [`GATEWAY_LINK`] in the namespace).
+    pub fn gateway_link_name(&self, network_id: &str) -> String {
+        device_name(GATEWAY_LINK_PREFIX, network_id)
+    }
+
+    /// Makes the network's bridge, gateway addresses, DHCP server (serving
+    /// `hosts`) and NAT exist as `net` describes: on the host for a
+    /// host-routed network, in the network's namespace for an isolated one.
     pub async fn ensure_network(
         &self,
         net: &NetworkSpec,
@@ -258,21 +328,56 @@ impl Networking {
                 ),
             });
         }
+        if net.isolated && net.nat {
+            return Err(NetError::Invalid {
+                network: net.id.clone(),
+                message: "an isolated network has no way out to NAT through".into(),
+            });
+        }
         let dir = self.network_dir(&net.id)?;
         let bridge = self.bridge_name(&net.id);
+        let ns = net.isolated.then(|| self.namespace_name(&net.id));
+        let veth = self.gateway_link_name(&net.id);
         let mtu = if net.mtu >= 68 { net.mtu } else { 1500 };
-        let mut link = Vec::new();
+        // Links made first (down), then configured: an isolated network's
+        // host-side links never come up with an IPv6 address (a route).
+        let mut create = Vec::new();
         if iface_exists(&bridge) {
             if !is_bridge(&bridge) {
                 return Err(NetError::NotABridge(bridge));
             }
         } else {
-            link.push(format!(
+            create.push(format!(
                 "link add name {bridge} address {} type bridge forward_delay 0 stp_state 0",
                 bridge_mac(&net.id)
             ));
         }
-        link.push(format!("link set {bridge} mtu {mtu} up"));
+        // What the gateway's interface is, and where its addresses go.
+        let mut gateway = Vec::new();
+        let mut host = Vec::new();
+        let serves = match &ns {
+            Some(ns) => {
+                if iface_exists(&veth) {
+                    if !is_veth(&veth).await {
+                        return Err(NetError::NotAVeth(veth));
+                    }
+                } else {
+                    create.push(format!(
+                        "link add name {veth} mtu {mtu} type veth peer name {GATEWAY_LINK} netns {ns}"
+                    ));
+                }
+                host.push(format!("addr flush dev {bridge}"));
+                host.push(format!("link set {veth} master {bridge} mtu {mtu} up"));
+                gateway.push("link set lo up".to_owned());
+                gateway.push(format!(
+                    "link set {GATEWAY_LINK} address {} mtu {mtu} up",
+                    gateway_mac(&net.id)
+                ));
+                GATEWAY_LINK.to_owned()
+            }
+            None => bridge.clone(),
+        };
+        host.push(format!("link set {bridge} mtu {mtu} up"));
 
         let mut subnets = Vec::new();
         let mut nat = Vec::new();
@@ -284,7 +389,12 @@ impl Networking {
             let Some((addr, len)) = host_address(&cidr, sub.gateway_ip.as_deref()) else {
                 continue;
             };
-            link.push(format!("addr replace {addr}/{len} dev {bridge}"));
+            let line = format!("addr replace {addr}/{len} dev {serves}");
+            if ns.is_some() {
+                gateway.push(line);
+            } else {
+                host.push(line);
+            }
             nat.push(cidr);
             if sub.enable_dhcp
                 && let IpAddr::V4(network) = cidr.network()
@@ -304,7 +414,7 @@ impl Networking {
         }
         let dhcp = (!subnets.is_empty()).then(|| {
             dnsmasq::config_text(&DhcpConfig {
-                bridge: bridge.clone(),
+                interface: serves.clone(),
                 dir: dir.clone(),
                 subnets,
                 lease_s: self.cfg.dhcp_lease_s,
@@ -323,8 +433,8 @@ impl Networking {
         } else {
             None
         };
-        let fingerprint = format!("{link:?}|{dhcp:?}|{nat_script:?}");
-        let daemon = Dnsmasq::new(&self.cfg.dnsmasq, &dir);
+        let fingerprint = format!("{create:?}|{host:?}|{gateway:?}|{dhcp:?}|{nat_script:?}");
+        let daemon = Dnsmasq::new(&self.cfg.dnsmasq, &dir, ns.as_deref());
         let unchanged = self
             .ensured
             .lock()
@@ -332,10 +442,40 @@ impl Networking {
             .get(&net.id)
             .is_some_and(|f| *f == fingerprint)
             && is_bridge(&bridge)
+            && ns.as_deref().is_none_or(netns_exists)
             && (dhcp.is_none() || daemon.pid().is_some());
         if !unchanged {
             self.ensured.lock().expect("ensured").remove(&net.id);
-            ip_batch(&link).await?;
+            match &ns {
+                Some(ns) => {
+                    if !netns_exists(ns) {
+                        ip(&["netns", "add", ns]).await?;
+                    }
+                    ip_batch(&create).await?;
+                    for link in [&bridge, &veth] {
+                        // (A kernel without IPv6 has nothing to disable.)
+                        let knob = format!("/proc/sys/net/ipv6/conf/{link}/disable_ipv6");
+                        if Path::new(&knob).exists() {
+                            write_sysctl(&knob, "1")?;
+                        }
+                    }
+                    ip_batch(&host).await?;
+                    ip_batch_in(ns, &gateway).await?;
+                }
+                None => {
+                    // A network made isolated before (it has become shared):
+                    // its namespace, gateway link and DHCP server go.
+                    let old = self.namespace_name(&net.id);
+                    if netns_exists(&old) {
+                        Dnsmasq::new(&self.cfg.dnsmasq, &dir, Some(&old))
+                            .stop()
+                            .await;
+                        self.remove_namespace(&net.id).await?;
+                    }
+                    ip_batch(&create).await?;
+                    ip_batch(&host).await?;
+                }
+            }
         }
         match &dhcp {
             None => daemon.stop().await,
@@ -363,15 +503,33 @@ impl Networking {
         Ok(())
     }
 
-    /// Removes the network from this host: DHCP server, NAT, bridge (only if
-    /// no port is left on it) and state folder.
+    /// Removes an isolated network's gateway link and namespace (if there).
+    async fn remove_namespace(&self, network_id: &str) -> Result<(), NetError> {
+        // The link first: a namespace's links go when its last user does,
+        // later; the bridge must lose this port now.
+        let veth = self.gateway_link_name(network_id);
+        if iface_exists(&veth) && is_veth(&veth).await {
+            ip(&["link", "del", &veth]).await?;
+        }
+        let ns = self.namespace_name(network_id);
+        if netns_exists(&ns) {
+            ip(&["netns", "del", &ns]).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes the network from this host: DHCP server, NAT, namespace,
+    /// bridge (only if no port is left on it) and state folder.
     pub async fn release_network(&self, network_id: &str) -> Result<(), NetError> {
         let _guard = self.locks.lock(network_id).await;
         self.ensured.lock().expect("ensured").remove(network_id);
         let dir = self.network_dir(network_id)?;
-        Dnsmasq::new(&self.cfg.dnsmasq, &dir).stop().await;
+        let ns = self.namespace_name(network_id);
+        let netns = netns_exists(&ns).then_some(ns.as_str());
+        Dnsmasq::new(&self.cfg.dnsmasq, &dir, netns).stop().await;
         let bridge = self.bridge_name(network_id);
         nft_apply(&nft::nat_delete_script(&bridge)).await?;
+        self.remove_namespace(network_id).await?;
         if is_bridge(&bridge) {
             let ports = std::fs::read_dir(Path::new("/sys/class/net").join(&bridge).join("brif"))
                 .map(|d| d.count())

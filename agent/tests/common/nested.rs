@@ -124,6 +124,7 @@ pub fn network() -> NetworkSpec {
             enable_dhcp: true,
         }],
         nat: true,
+        isolated: false,
     }
 }
 
@@ -419,6 +420,7 @@ start_timeout_s = 60
         self.sh(&format!(
             "echo taps: $(ls /sys/class/net | grep '^tap' | while read i; do [ -e /sys/class/net/$i/tun_flags ] && echo $i; done)\n\
              echo bridges: $(ls /sys/class/net | grep '^brq')\n\
+             echo namespaces: $(ls /run/netns 2>/dev/null)\n\
              echo tables: $(nft list tables | grep mica_ | awk '{{print $3}}')\n\
              echo dnsmasq: $(pgrep -x dnsmasq)\n\
              echo vmms: $(pgrep -f '^[^ ]*mica-vmm ')\n\
@@ -471,4 +473,5 @@ pub fn tail(s: &str, n: usize) -> String {
 }
 
 /// The empty state `leftovers` reports.
-pub const NOTHING_LEFT: &str = "taps:\nbridges:\ntables:\ndnsmasq:\nvmms:\ninstances:\n";
+pub const NOTHING_LEFT: &str =
+    "taps:\nbridges:\nnamespaces:\ntables:\ndnsmasq:\nvmms:\ninstances:\n";

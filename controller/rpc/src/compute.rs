@@ -162,6 +162,13 @@ pub struct NetworkSpec {
     /// Masquerade the guests' outbound traffic through the host.
     #[serde(default)]
     pub nat: bool,
+    /// A project's own network: its gateway address and DHCP server live in
+    /// a network namespace of their own on each host, so two projects may
+    /// use the same CIDR and the host's routing table never sees either.
+    /// Otherwise (shared, external or default networks, the provider kind)
+    /// the host holds the gateway address on the bridge and routes for it.
+    #[serde(default)]
+    pub isolated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -220,6 +220,7 @@ pub async fn instance_spec(c: &Conductor, inst: &InstanceRow) -> Result<Instance
                     mtu: u32::try_from(n.mtu).unwrap_or(1500),
                     subnets,
                     nat: n.is_default || n.external,
+                    isolated: !(n.shared || n.external || n.is_default),
                 },
             );
         }

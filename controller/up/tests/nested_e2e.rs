@@ -1,8 +1,9 @@
 //! `mica up` end to end with the pinned `openstack` CLI as the client: key
 //! pair and boot on the default network, console log, the guest answering
 //! pings from its host, every power action checked on the host, quota,
-//! project isolation, deletes that leave nothing behind, and a restart that
-//! keeps everything. On this machine (a software /dev/kvm) `mica up` runs
+//! project isolation (two projects' networks with one CIDR; a port pointed
+//! at another project's server), deletes that leave nothing behind, and a
+//! restart that keeps everything. On this machine (a software /dev/kvm) `mica up` runs
 //! its compute host in the nested test host, as a user here would.
 
 mod common;
@@ -267,6 +268,8 @@ fn nested_all_in_one_end_to_end() {
     assert!(!other.ok(&["server", "list"]).contains("vm1"));
     assert_eq!(demo.server("vm1")["status"], "ACTIVE");
 
+    isolated_networks_with_one_cidr(&up, &admin, &demo, &other, &uuid, dir.path());
+
     // A restart of mica up keeps everything; the running servers were
     // stopped by Ctrl-C and start again.
     let vm2 = demo.server("vm2")["id"].as_str().unwrap().to_owned();
@@ -331,4 +334,214 @@ fn nested_all_in_one_end_to_end() {
         "mica up did not stop cleanly:\n{}",
         up.log_tail(40)
     );
+}
+
+/// What a guest of [`isolated_networks_with_one_cidr`] runs once booted:
+/// its gateway, the other project's guest (same CIDR, other network) and the
+/// host's address on the shared network, each reported on the console.
+const ISOLATION_PROBE: &str = "me=$(ip -o -4 addr show dev eth0|awk '{print $4}')
+p=192.168.1.10;[ \"${me%/*}\" = $p ] && p=192.168.1.60
+for i in $(seq 30);do ping -c1 -W1 192.168.1.1 >/dev/null&&{ echo ISO-GW-OK;break;};sleep 1;done
+ping -c2 -W1 $p >/dev/null&&echo ISO-PEER-SEEN||echo ISO-PEER-UNSEEN
+ping -c2 -W1 10.0.0.1 >/dev/null&&echo ISO-HOST-SEEN||echo ISO-HOST-UNSEEN
+echo ISO-DONE
+";
+
+/// The compute host's routes, rules and IPv4 addresses (lifetimes left
+/// out): what a project's network must never change.
+fn host_routing(up: &Up) -> String {
+    let out = up.on_host(
+        "{ ip -4 route show table all; ip -6 route show table all; ip -4 rule; ip -6 rule; ip -4 -o addr; } \
+         | sed -E 's/ (expires|valid_lft|preferred_lft) [^ ]+//g'",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    out.stdout
+}
+
+/// Issue 15's two holes, end to end: two projects create the same CIDR,
+/// each boots a server on it, each guest gets its address by DHCP and
+/// reaches its own gateway but neither the other guest nor the host, and
+/// the compute host's routing is what it was; and a port another project
+/// (or an admin) points at demo's server by `device_id` never reaches that
+/// server's guest.
+fn isolated_networks_with_one_cidr(
+    up: &Up,
+    admin: &Cli,
+    demo: &Cli,
+    other: &Cli,
+    vm1: &str,
+    dir: &std::path::Path,
+) {
+    use base64::Engine as _;
+    let before = host_routing(up);
+    admin.ok(&["quota", "set", "--instances", "3", "demo"]);
+
+    // One probe image for both (the tiny image with the probe on its
+    // command line).
+    let tiny = admin.json(&["image", "show", "tiny"]);
+    let file = dir.join("tiny.img");
+    admin.ok(&["image", "save", "--file", file.to_str().unwrap(), "tiny"]);
+    let script = base64::engine::general_purpose::STANDARD.encode(ISOLATION_PROBE);
+    admin.ok(&[
+        "image",
+        "create",
+        "--public",
+        "--disk-format",
+        tiny["disk_format"].as_str().unwrap(),
+        "--container-format",
+        "bare",
+        "--file",
+        file.to_str().unwrap(),
+        "--property",
+        &format!("os_command_line=console=ttyS0 reboot=k panic=1 root=/dev/vda rw quiet mica.run={script}"),
+        "probe",
+    ]);
+
+    let mut nets = Vec::new();
+    for (cli, name, ip) in [
+        (demo, "blue", "192.168.1.10"),
+        (other, "green", "192.168.1.60"),
+    ] {
+        let net = cli.json(&["network", "create", name]);
+        cli.ok(&[
+            "subnet",
+            "create",
+            "--network",
+            name,
+            "--subnet-range",
+            "192.168.1.0/24",
+            &format!("{name}-v4"),
+        ]);
+        if name == "green" {
+            cli.ok(&[
+                "security",
+                "group",
+                "rule",
+                "create",
+                "--ingress",
+                "--protocol",
+                "icmp",
+                "default",
+            ]);
+        }
+        let server = cli.json(&[
+            "server",
+            "create",
+            "--flavor",
+            "m1.nano",
+            "--image",
+            "probe",
+            "--nic",
+            &format!("net-id={},v4-fixed-ip={ip}", net["id"].as_str().unwrap()),
+            "--wait",
+            name,
+        ]);
+        assert_eq!(server["status"], "ACTIVE", "{server}");
+        nets.push((cli, name, ip, net["id"].as_str().unwrap().to_owned()));
+    }
+    for (cli, name, ip, _) in &nets {
+        let deadline = std::time::Instant::now() + SECS(180);
+        let log = loop {
+            let log = cli.ok(&["console", "log", "show", name]);
+            if log.contains("ISO-DONE") {
+                break log;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: no probe result after 180 s:\n{log}"
+            );
+            std::thread::sleep(SECS(1));
+        };
+        // DHCP from its own network's server, its own gateway, nothing else.
+        assert!(log.contains(&format!("ip={ip}/24 ")), "{name}:\n{log}");
+        assert!(log.contains("ISO-GW-OK"), "{name}:\n{log}");
+        assert!(log.contains("ISO-PEER-UNSEEN"), "{name}:\n{log}");
+        assert!(log.contains("ISO-HOST-UNSEEN"), "{name}:\n{log}");
+    }
+    // From each network's namespace: its own guest answers, the other's
+    // does not; the host itself reaches neither.
+    for (_, name, ip, net) in &nets {
+        let peer = if *ip == "192.168.1.10" {
+            "192.168.1.60"
+        } else {
+            "192.168.1.10"
+        };
+        let ns = format!("mica-net-{net}");
+        let own = up.on_host(&format!("ip netns exec {ns} busybox ping -c 2 -W 2 {ip}"));
+        assert_eq!(
+            own.code, 0,
+            "{name}'s namespace does not reach its guest: {own:?}"
+        );
+        let cross = up.on_host(&format!("ip netns exec {ns} busybox ping -c 2 -W 1 {peer}"));
+        assert_ne!(
+            cross.code, 0,
+            "{name}'s namespace reaches {peer}: {cross:?}"
+        );
+        assert!(!pings(up, ip), "the host reaches {name}'s guest at {ip}");
+    }
+    assert_eq!(
+        host_routing(up),
+        before,
+        "two projects' networks changed the compute host's routing"
+    );
+
+    // A port of another project pointed at vm1 is refused; one an admin
+    // points there is not a binding: after a hard reboot (the ports built
+    // again) vm1 still has only its own network.
+    let green = &nets[1].3;
+    let e = other
+        .run(&[
+            "port",
+            "create",
+            "--network",
+            green,
+            "--device",
+            vm1,
+            "--device-owner",
+            "compute:nova",
+            "injected",
+        ])
+        .expect_err("another project's port pointed at vm1");
+    assert!(
+        e.contains("403") || e.contains("disallowed by policy"),
+        "{e}"
+    );
+    admin.ok(&[
+        "port",
+        "create",
+        "--network",
+        green,
+        "--device",
+        vm1,
+        "--device-owner",
+        "compute:nova",
+        "admin-injected",
+    ]);
+    let boots = banners(demo, "vm1");
+    demo.ok(&["server", "reboot", "--hard", "--wait", "vm1"]);
+    wait_banners(demo, "vm1", boots + 1, SECS(120));
+    let addresses = demo.server("vm1")["addresses"].clone();
+    assert!(!addresses.to_string().contains("green"), "{addresses}");
+    let log = demo.ok(&["console", "log", "show", "vm1"]);
+    let last = log
+        .lines()
+        .rfind(|l| l.contains("=== Mica tiny guest: hostname="))
+        .unwrap();
+    assert!(
+        !last.contains("192.168.1."),
+        "vm1's guest has green's address: {last}"
+    );
+    admin.ok(&["port", "delete", "admin-injected"]);
+
+    // Gone with their servers: namespaces, bridges, DHCP servers.
+    demo.ok(&["server", "delete", "--wait", "blue"]);
+    other.ok(&["server", "delete", "--wait", "green"]);
+    let left = up.on_host("ls /run/netns; ls /sys/class/net | grep -c '^gwb' || true");
+    assert_eq!(
+        left.stdout.trim(),
+        "0",
+        "isolated networks left on the host: {left:?}"
+    );
+    admin.ok(&["image", "delete", "probe"]);
+    admin.ok(&["quota", "set", "--instances", "2", "demo"]);
 }

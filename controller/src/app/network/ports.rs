@@ -1,6 +1,6 @@
-//! Ports: MAC and fixed IP allocation, the network API's port operations,
-//! and what a compute host needs to plug an instance's ports
-//! ([`port_specs`]).
+//! Ports: MAC and fixed IP allocation and the network API's port
+//! operations. What a compute host needs to plug an instance's ports is
+//! built by the conductor (`conductor::spec`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -635,60 +635,4 @@ pub async fn delete_port(app: &App, ctx: &Context, id: &str) -> Result<()> {
     }
     security_groups::push_for_groups(app, &p.security_groups, &[]).await;
     Ok(())
-}
-
-// ---- what a compute host needs ------------------------------------------------------------
-
-/// The ports of an instance as a compute host plugs them: MAC, network with
-/// its subnets, fixed IPs, and security groups with their rules and member
-/// addresses. The conductor puts these in `InstanceSpec::ports`.
-pub async fn port_specs(
-    app: &App,
-    instance_uuid: &str,
-) -> Result<Vec<mica_rpc::compute::PortSpec>> {
-    use mica_rpc::compute::{FixedIp, NetworkSpec, PortSpec, SubnetSpec};
-    let mut conn = app.db.pool().acquire().await?;
-    let ports = store::ports_of_instance(&mut conn, instance_uuid).await?;
-    let mut out = Vec::new();
-    for p in ports {
-        let Some(n) = store::get_network(&mut *conn, &p.row.network_id).await? else {
-            continue;
-        };
-        let subnets = store::list_subnets(&mut *conn, None, Some(&n.id)).await?;
-        let groups = security_groups::specs(app, &mut conn, &p.security_groups).await?;
-        out.push(PortSpec {
-            id: p.row.id.clone(),
-            mac_address: p.row.mac_address.clone(),
-            network: NetworkSpec {
-                id: n.id.clone(),
-                name: n.name.clone(),
-                network_type: n.network_type.clone(),
-                mtu: u32::try_from(n.mtu).unwrap_or(1500),
-                subnets: subnets
-                    .iter()
-                    .map(|s| SubnetSpec {
-                        id: s.id.clone(),
-                        cidr: s.cidr.clone(),
-                        ip_version: u8::try_from(s.ip_version).unwrap_or(4),
-                        gateway_ip: s.gateway_ip.clone(),
-                        dns_nameservers: serde_json::from_str(&s.dns_nameservers)
-                            .unwrap_or_default(),
-                        enable_dhcp: s.enable_dhcp,
-                    })
-                    .collect(),
-                nat: n.is_default,
-            },
-            fixed_ips: p
-                .fixed_ips
-                .iter()
-                .map(|i| FixedIp {
-                    subnet_id: i.subnet_id.clone(),
-                    ip_address: i.ip_address.clone(),
-                })
-                .collect(),
-            security_groups: groups,
-            port_security_enabled: p.row.port_security_enabled,
-        });
-    }
-    Ok(out)
 }
