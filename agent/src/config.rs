@@ -217,6 +217,8 @@ pub struct NetworkSection {
     pub dhcp_lease_s: u64,
     pub security_groups: bool,
     pub nat_interface: String,
+    pub metadata_url: String,
+    pub metadata_shared_secret: String,
 }
 
 impl Default for NetworkSection {
@@ -228,6 +230,8 @@ impl Default for NetworkSection {
             dhcp_lease_s: 86400,
             security_groups: true,
             nat_interface: String::new(),
+            metadata_url: String::new(),
+            metadata_shared_secret: String::new(),
         }
     }
 }

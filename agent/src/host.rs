@@ -374,6 +374,8 @@ impl Inner {
                             mac: port.mac_address.clone(),
                             ip,
                             hostname: rec.spec.hostname.clone(),
+                            instance_uuid: rec.spec.uuid.clone(),
+                            project_id: rec.spec.project_id.clone(),
                         });
                     }
                 }
@@ -415,8 +417,8 @@ impl Inner {
             cmdline.push(' ');
             cmdline.push_str(&v.extra_cmdline);
         }
-        // Until the metadata service exists: the host name on the command
-        // line, for guests that read it (Mica's tiny image does).
+        // The host name on the command line too, for guests that read no
+        // metadata (Mica's tiny image).
         cmdline.push_str(&format!(
             " mica.hostname={}",
             crate::network::dnsmasq::sanitize_hostname(&spec.hostname)

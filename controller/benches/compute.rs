@@ -1,14 +1,18 @@
 //! Compute API benchmarks (issue 5): `GET /servers/detail` with 10,000
 //! servers in the project (the default page, 1,000 servers), and `POST
-//! /servers` accept latency (request to 202) under 20 concurrent clients.
+//! /servers` accept latency (request to 202) under 20 concurrent clients;
+//! and the metadata service (issue 14): `meta_data.json` as guests fetch
+//! it, through the agent's metadata proxy in a network namespace (needs
+//! root), requests per second and latency.
 //!
 //! ```sh
 //! cargo bench -p mica-controller --bench compute            # both databases
 //! cargo bench -p mica-controller --bench compute -- sqlite   # one of them
 //! cargo bench -p mica-controller --bench compute -- postgres create
+//! cargo bench -p mica-controller --bench compute -- sqlite metadata
 //! ```
 //!
-//! Sections: `detail`, `create` (both by default). A controller runs
+//! Sections: `detail`, `create`, `metadata` (all by default). A controller runs
 //! in-process on ephemeral ports over a fresh database; requests go over
 //! loopback HTTP as clients send them. The 10,000 servers are written
 //! through the datastore (ACTIVE, each with metadata, a tag and a port with
@@ -40,7 +44,7 @@ fn main() {
         .collect();
     let sections: Vec<String> = args
         .iter()
-        .filter(|a| ["detail", "create"].contains(&a.as_str()))
+        .filter(|a| ["detail", "create", "metadata"].contains(&a.as_str()))
         .cloned()
         .collect();
     SECTIONS.set(sections).unwrap();
@@ -67,6 +71,8 @@ fn main() {
 }
 
 static SECTIONS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+const METADATA_SECRET: &str = "bench-metadata-secret";
 
 fn want(section: &str) -> bool {
     let s = SECTIONS.get().unwrap();
@@ -175,6 +181,100 @@ fn instance(project: &str, user: &str, n: usize, flavor: &str, image: &str) -> I
     }
 }
 
+/// `count` servers with metadata, a tag and a port each, on a new /16 of
+/// the default network, written through the datastore: (uuid, address) of
+/// each.
+async fn insert_servers(
+    app: &mica_controller::app::App,
+    project: &str,
+    flavor: &str,
+    image: &str,
+    count: usize,
+) -> Vec<(String, String)> {
+    let db = &app.db;
+    let user = "bench-user";
+    let net_row = net::default_network(db.pool()).await.unwrap().unwrap();
+    let subnet_id = uuid::Uuid::new_v4().to_string();
+    let now = Timestamp::now();
+    net::insert_subnet(
+        db.pool(),
+        &net::SubnetRow {
+            id: subnet_id.clone(),
+            network_id: net_row.id.clone(),
+            project_id: project.to_owned(),
+            name: "bench".into(),
+            description: String::new(),
+            ip_version: 4,
+            cidr: "172.20.0.0/16".into(),
+            gateway_ip: Some("172.20.0.1".into()),
+            enable_dhcp: true,
+            allocation_pools: json!([{"start": "172.20.0.2", "end": "172.20.255.254"}]).to_string(),
+            dns_nameservers: "[]".into(),
+            host_routes: "[]".into(),
+            created_at: now,
+            updated_at: now,
+            revision_number: 1,
+        },
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    for chunk in 0..count.div_ceil(500) {
+        let mut tx = db.begin().await.unwrap();
+        for k in 0..500.min(count - chunk * 500) {
+            let n = chunk * 500 + k;
+            let i = instance(project, user, n, flavor, image);
+            inst::insert_instance(&mut tx, &i).await.unwrap();
+            let mut meta = BTreeMap::new();
+            meta.insert("role".to_owned(), "bench".to_owned());
+            inst::merge_metadata(&mut tx, &i.uuid, &meta).await.unwrap();
+            inst::add_tag(&mut *tx, &i.uuid, "bench").await.unwrap();
+            let port_id = uuid::Uuid::new_v4().to_string();
+            let ip = format!("172.20.{}.{}", (n + 2) / 256, (n + 2) % 256);
+            out.push((i.uuid.clone(), ip.clone()));
+            net::insert_port(
+                &mut tx,
+                &Port {
+                    row: PortRow {
+                        id: port_id.clone(),
+                        network_id: net_row.id.clone(),
+                        project_id: project.to_owned(),
+                        name: String::new(),
+                        description: String::new(),
+                        mac_address: format!(
+                            "fa:16:3e:{:02x}:{:02x}:{:02x}",
+                            n >> 16 & 0xff,
+                            n >> 8 & 0xff,
+                            n & 0xff
+                        ),
+                        admin_state_up: true,
+                        status: "ACTIVE".into(),
+                        device_id: i.uuid.clone(),
+                        device_owner: "compute:nova".into(),
+                        binding_host_id: i.host.clone().unwrap_or_default(),
+                        port_security_enabled: true,
+                        delete_with_device: true,
+                        bound_instance: i.uuid.clone(),
+                        created_at: now,
+                        updated_at: now,
+                        revision_number: 1,
+                    },
+                    fixed_ips: vec![PortIp {
+                        port_id,
+                        subnet_id: subnet_id.clone(),
+                        ip_address: ip,
+                    }],
+                    security_groups: vec![],
+                },
+            )
+            .await
+            .unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    out
+}
+
 async fn run(backend: Backend) {
     let name = match backend {
         Backend::Postgres => "PostgreSQL",
@@ -188,6 +288,8 @@ async fn run(backend: Backend) {
         c.quota.cores = -1;
         c.quota.ram = -1;
         c.network.quota_port = -1;
+        c.metadata.shared_secret = METADATA_SECRET.into();
+        c.api.metadata_listen = "127.0.0.1:0".into();
     })
     .await;
     let http = reqwest::Client::new();
@@ -230,89 +332,13 @@ async fn run(backend: Backend) {
         .unwrap();
     let app = cloud.app.clone();
 
+    // 10,000 servers for the listing (and the metadata service's lookups),
+    // or one for the metadata service alone.
+    let t = Instant::now();
+    let count = if want("detail") { 10_000 } else { 1 };
+    let servers = insert_servers(&app, &project, &flavor, &image, count).await;
     if want("detail") {
-        // 10,000 servers with metadata, a tag and a port each, on a /16.
-        let t = Instant::now();
         let db = &app.db;
-        let user = "bench-user";
-        let net_row = net::default_network(db.pool()).await.unwrap().unwrap();
-        let subnet_id = uuid::Uuid::new_v4().to_string();
-        let now = Timestamp::now();
-        net::insert_subnet(
-            db.pool(),
-            &net::SubnetRow {
-                id: subnet_id.clone(),
-                network_id: net_row.id.clone(),
-                project_id: project.clone(),
-                name: "bench".into(),
-                description: String::new(),
-                ip_version: 4,
-                cidr: "172.20.0.0/16".into(),
-                gateway_ip: Some("172.20.0.1".into()),
-                enable_dhcp: true,
-                allocation_pools: json!([{"start": "172.20.0.2", "end": "172.20.255.254"}])
-                    .to_string(),
-                dns_nameservers: "[]".into(),
-                host_routes: "[]".into(),
-                created_at: now,
-                updated_at: now,
-                revision_number: 1,
-            },
-        )
-        .await
-        .unwrap();
-        for chunk in 0..20 {
-            let mut tx = db.begin().await.unwrap();
-            for k in 0..500 {
-                let n = chunk * 500 + k;
-                let i = instance(&project, user, n, &flavor, &image);
-                inst::insert_instance(&mut tx, &i).await.unwrap();
-                let mut meta = BTreeMap::new();
-                meta.insert("role".to_owned(), "bench".to_owned());
-                inst::merge_metadata(&mut tx, &i.uuid, &meta).await.unwrap();
-                inst::add_tag(&mut *tx, &i.uuid, "bench").await.unwrap();
-                let port_id = uuid::Uuid::new_v4().to_string();
-                let ip = format!("172.20.{}.{}", (n + 2) / 256, (n + 2) % 256);
-                net::insert_port(
-                    &mut tx,
-                    &Port {
-                        row: PortRow {
-                            id: port_id.clone(),
-                            network_id: net_row.id.clone(),
-                            project_id: project.clone(),
-                            name: String::new(),
-                            description: String::new(),
-                            mac_address: format!(
-                                "fa:16:3e:{:02x}:{:02x}:{:02x}",
-                                n >> 16 & 0xff,
-                                n >> 8 & 0xff,
-                                n & 0xff
-                            ),
-                            admin_state_up: true,
-                            status: "ACTIVE".into(),
-                            device_id: i.uuid.clone(),
-                            device_owner: "compute:nova".into(),
-                            binding_host_id: i.host.clone().unwrap_or_default(),
-                            port_security_enabled: true,
-                            delete_with_device: true,
-                            bound_instance: i.uuid.clone(),
-                            created_at: now,
-                            updated_at: now,
-                            revision_number: 1,
-                        },
-                        fixed_ips: vec![PortIp {
-                            port_id,
-                            subnet_id: subnet_id.clone(),
-                            ip_address: ip,
-                        }],
-                        security_groups: vec![],
-                    },
-                )
-                .await
-                .unwrap();
-            }
-            tx.commit().await.unwrap();
-        }
         println!(
             "\n(10,000 servers with ports written in {:.1} s; database now holds {} instances)\n",
             t.elapsed().as_secs_f64(),
@@ -423,6 +449,104 @@ async fn run(backend: Backend) {
             n as f64 / wall.as_secs_f64()
         );
     }
+    if want("metadata") {
+        metadata(name, &cloud, &project, &servers[0].0).await;
+    }
     std::io::stdout().flush().unwrap();
     cloud.stop().await;
+}
+
+/// Guests fetching `meta_data.json` over keep-alive connections from a
+/// namespace, through the agent's proxy in its gateway's namespace, to the
+/// controller's metadata service (signature check, instance, ports and
+/// subnets read from the database each time).
+async fn metadata(name: &str, cloud: &TestCloud, project: &str, instance: &str) {
+    use mica_agent::network::metadata::{MetadataProxy, Place, Requester};
+    use mica_tests::netns::{GUESTS, NetnsPair};
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("\n(metadata: skipped, network namespaces need root)\n");
+        return;
+    }
+    let pair = NetnsPair::new(&format!("mica-mdbench-{}", std::process::id())).unwrap();
+    let proxy = MetadataProxy::new(&cloud.base(ServiceKind::Metadata), METADATA_SECRET).unwrap();
+    proxy
+        .serve(
+            "bench",
+            Place::Namespace(pair.gateway.clone()),
+            [(
+                GUESTS[0].parse().unwrap(),
+                Requester {
+                    instance_uuid: instance.to_owned(),
+                    project_id: project.to_owned(),
+                },
+            )]
+            .into(),
+        )
+        .unwrap();
+    let clients = 8;
+    let per_client = 1500;
+    let started = Instant::now();
+    let mut threads = Vec::new();
+    for _ in 0..clients {
+        let ns = pair.guest.clone();
+        let uuid = instance.to_owned();
+        threads.push(tokio::task::spawn_blocking(move || {
+            NetnsPair::within(&ns, move || guest_requests(per_client, &uuid)).unwrap()
+        }));
+    }
+    let mut all = Vec::new();
+    for t in threads {
+        all.extend(t.await.unwrap());
+    }
+    let wall = started.elapsed();
+    let n = all.len();
+    row(
+        name,
+        "GET /openstack/latest/meta_data.json from a guest, via the proxy, 8 keep-alive connections",
+        all,
+    );
+    println!(
+        "\n({n} requests in {:.2} s: {:.0} requests/s)\n",
+        wall.as_secs_f64(),
+        n as f64 / wall.as_secs_f64()
+    );
+    proxy.stop("bench");
+}
+
+/// One guest's keep-alive connection: `n` GETs of its `meta_data.json`,
+/// each checked; the latency of each.
+fn guest_requests(n: usize, uuid: &str) -> Vec<Duration> {
+    use std::io::{BufRead as _, BufReader, Read as _};
+    let s = std::net::TcpStream::connect(("169.254.169.254", 80)).unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        w.write_all(
+            b"GET /openstack/latest/meta_data.json HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n",
+        )
+        .unwrap();
+        let mut status = String::new();
+        r.read_line(&mut status).unwrap();
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        let mut len = 0;
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).unwrap();
+        out.push(t.elapsed());
+        assert!(String::from_utf8_lossy(&body).contains(uuid));
+    }
+    out
 }

@@ -465,6 +465,25 @@ section! {
 }
 
 section! {
+    /// The metadata service (the `metadata` role, on `[api]
+    /// metadata_listen`): what a guest reads at 169.254.169.254 through its
+    /// compute host's metadata proxy, which names the instance in a header
+    /// signed with the shared secret (Neutron's and Nova's scheme).
+    Metadata, "metadata" {
+        /// The secret the compute hosts' proxies sign instance ids with
+        /// (Nova's `[neutron] metadata_proxy_shared_secret`); the same
+        /// value goes into every agent's `[metadata] shared_secret`. The
+        /// role does not start without one.
+        shared_secret: String = String::new(),
+        /// Let a guest post its (encrypted) password once, for
+        /// os-server-password (Nova's `[api] enable_instance_password`).
+        enable_instance_password: bool = true,
+        /// Largest password a guest may post, in bytes.
+        max_password_bytes: usize = 256,
+    }
+}
+
+section! {
     /// What `mica-controller bootstrap` creates: the admin user and project,
     /// the roles, and the service catalog.
     Bootstrap, "bootstrap" {
@@ -517,6 +536,8 @@ pub struct Config {
     pub network: Network,
     /// `[console]`
     pub console: Console,
+    /// `[metadata]`
+    pub metadata: Metadata,
     /// `[bootstrap]`
     pub bootstrap: Bootstrap,
     /// `[log]`
@@ -562,6 +583,7 @@ impl Config {
             Compute::describe(),
             Network::describe(),
             Console::describe(),
+            Metadata::describe(),
             Bootstrap::describe(),
             Log::describe(),
         ]

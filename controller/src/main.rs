@@ -21,6 +21,7 @@ use mica_controller::server;
         scheduler      placement candidates, filters and weighers (the `scheduler` topic)\n  \
         conductor      builds and instance actions as persisted sagas (the `conductor` topic)\n  \
         console-proxy  noVNC and serial consoles over WebSocket ([api] console_proxy_listen)\n  \
+        metadata       what guests read at 169.254.169.254 via their host's proxy ([api] metadata_listen)\n  \
         all            every implemented role, migrations applied at start"
 )]
 struct Cli {
@@ -62,7 +63,7 @@ enum Command {
         /// Where to write identity.json, image.json, placement.json.
         dir: PathBuf,
     },
-    /// Run roles: api, scheduler, conductor, console-proxy, all.
+    /// Run roles: api, scheduler, conductor, console-proxy, metadata, all.
     #[command(external_subcommand)]
     Roles(Vec<String>),
 }

@@ -408,6 +408,16 @@ pub const DEFAULT_RULES: &[(&str, &str, &str)] = &[
         "Open a server's VNC or serial console (remote-consoles, os-getVNCConsole, os-getSerialConsole).",
     ),
     (
+        "os_compute_api:os-server-password:show",
+        "role:admin or role:reader and owner",
+        "Read the password a server's guest posted (os-server-password).",
+    ),
+    (
+        "os_compute_api:os-server-password:clear",
+        "role:admin or role:member and owner",
+        "Clear the password a server's guest posted.",
+    ),
+    (
         "os_compute_api:os-console-output",
         "role:admin or role:member and owner",
         "Read a server's console log (os-getConsoleOutput).",

@@ -4,10 +4,11 @@
 //!
 //! | role | what | state |
 //! |---|---|---|
-//! | `api` | the HTTP APIs, one listener each | identity, compute, image, placement, network; metadata comes with its issue |
+//! | `api` | the HTTP APIs, one listener each | identity, compute, image, placement, network |
 //! | `scheduler` | placement candidates → filters → weighers, on the `scheduler` topic | implemented ([`crate::roles`]) |
 //! | `conductor` | multi-step operations as sagas, on the `conductor` topic | implemented ([`crate::roles`]) |
 //! | `console-proxy` | noVNC and serial WebSocket proxy on `[api] console_proxy_listen` | implemented ([`crate::api::console_proxy`]) |
+//! | `metadata` | what guests read at 169.254.169.254, through their host's proxy, on `[api] metadata_listen` | implemented ([`crate::api::metadata`]); needs `[metadata] shared_secret` |
 //! | `all` | every role, migrations applied at start | runs what exists, says what doesn't |
 //!
 //! Asking for a role that does not exist yet by name fails at once with a
@@ -44,6 +45,8 @@ pub enum Role {
     Conductor,
     /// The console proxy.
     ConsoleProxy,
+    /// The metadata service.
+    Metadata,
 }
 
 impl Role {
@@ -54,11 +57,13 @@ impl Role {
             "scheduler" => vec![Role::Scheduler],
             "conductor" => vec![Role::Conductor],
             "console-proxy" => vec![Role::ConsoleProxy],
+            "metadata" => vec![Role::Metadata],
             "all" => vec![
                 Role::Api,
                 Role::Scheduler,
                 Role::Conductor,
                 Role::ConsoleProxy,
+                Role::Metadata,
             ],
             _ => return None,
         })
@@ -71,13 +76,16 @@ impl Role {
             Role::Scheduler => "scheduler",
             Role::Conductor => "conductor",
             Role::ConsoleProxy => "console-proxy",
+            Role::Metadata => "metadata",
         }
     }
 
     /// Why the role can't run yet, if it can't.
     pub fn not_implemented(self) -> Option<&'static str> {
         match self {
-            Role::Api | Role::Scheduler | Role::Conductor | Role::ConsoleProxy => None,
+            Role::Api | Role::Scheduler | Role::Conductor | Role::ConsoleProxy | Role::Metadata => {
+                None
+            }
         }
     }
 }
@@ -91,11 +99,17 @@ pub const IMPLEMENTED_APIS: [ServiceKind; 5] = [
     ServiceKind::Network,
 ];
 
-/// The listeners of the `console-proxy` role.
-pub const PROXIES: [ServiceKind; 1] = [ServiceKind::ConsoleProxy];
+/// The role whose listener `kind` is.
+pub fn role_of(kind: ServiceKind) -> Role {
+    match kind {
+        ServiceKind::ConsoleProxy => Role::ConsoleProxy,
+        ServiceKind::Metadata => Role::Metadata,
+        _ => Role::Api,
+    }
+}
 
 /// The router of one API, with the shared middleware.
-pub fn router(kind: ServiceKind, app: Arc<App>) -> Option<Router> {
+pub fn router(kind: ServiceKind, app: Arc<App>) -> Router {
     let r = match kind {
         ServiceKind::Identity => api::identity::router(app),
         ServiceKind::Image => api::image::router(app),
@@ -103,47 +117,47 @@ pub fn router(kind: ServiceKind, app: Arc<App>) -> Option<Router> {
         ServiceKind::Compute => api::compute::router(app),
         ServiceKind::Network => api::network::router(app),
         ServiceKind::ConsoleProxy => api::console_proxy::router(app),
-        _ => return None,
+        ServiceKind::Metadata => api::metadata::router(app),
     };
     let style = style_of(kind);
     // The console proxy answers a bad token (NUL or not) with its own 401
-    // and sends only the token's hash to the database.
-    let r = if kind == ServiceKind::ConsoleProxy {
+    // and sends only the token's hash to the database; the metadata service
+    // answers guests in plain text.
+    let r = if matches!(kind, ServiceKind::ConsoleProxy | ServiceKind::Metadata) {
         r
     } else {
         r.layer(axum::middleware::from_fn(move |req, next| {
             api::refuse_nul(style, req, next)
         }))
     };
-    Some(r.layer(axum::middleware::from_fn(api::request_context)))
+    r.layer(axum::middleware::from_fn(api::request_context))
 }
 
-/// Binds the listener of every implemented API, and of the console proxy,
-/// that has a listen address.
+/// Binds the listener of every implemented API, of the console proxy and,
+/// when `[metadata] shared_secret` is set, of the metadata service, that
+/// has a listen address.
 pub async fn bind(config: &Config) -> Result<Vec<(ServiceKind, TcpListener)>> {
-    bind_roles(config, true, true).await
+    let mut roles = vec![Role::Api, Role::ConsoleProxy];
+    if config.metadata.shared_secret.is_empty() {
+        tracing::warn!("[metadata] shared_secret is empty: not serving the metadata service");
+    } else {
+        roles.push(Role::Metadata);
+    }
+    bind_roles(config, &roles).await
 }
 
-/// Binds the listeners of the `api` role (if `apis`) and of the
-/// `console-proxy` role (if `proxy`) that have a listen address.
+/// Binds the listeners of `roles` that have a listen address.
 pub async fn bind_roles(
     config: &Config,
-    apis: bool,
-    proxy: bool,
+    roles: &[Role],
 ) -> Result<Vec<(ServiceKind, TcpListener)>> {
     let mut out = Vec::new();
     for kind in ServiceKind::ALL {
         let addr = kind.listen(&config.api);
-        if addr.is_empty() {
+        if addr.is_empty() || !roles.contains(&role_of(kind)) {
             continue;
         }
-        if PROXIES.contains(&kind) {
-            if !proxy {
-                continue;
-            }
-        } else if !apis {
-            continue;
-        } else if !IMPLEMENTED_APIS.contains(&kind) {
+        if role_of(kind) == Role::Api && !IMPLEMENTED_APIS.contains(&kind) {
             tracing::warn!(
                 api = kind.catalog_type(),
                 listen = addr,
@@ -179,9 +193,7 @@ impl Server {
         for (kind, listener) in listeners {
             let addr = listener.local_addr()?;
             addrs.insert(kind, addr);
-            let router = router(kind, app.clone()).ok_or_else(|| {
-                Error::internal("starting a listener", format!("no router for {kind:?}"))
-            })?;
+            let router = router(kind, app.clone());
             let rx = stop.subscribe();
             tracing::info!(api = kind.catalog_type(), %addr, "listening");
             let limits = Limits::of(&app.config, kind);
@@ -399,7 +411,7 @@ pub async fn run(config: Config, names: &[String]) -> Result<()> {
     for n in names {
         let parsed = Role::parse(n).ok_or_else(|| {
             Error::bad_request(format!(
-                "unknown role `{n}`: the roles are api, scheduler, conductor, console-proxy, all"
+                "unknown role `{n}`: the roles are api, scheduler, conductor, console-proxy, metadata, all"
             ))
         })?;
         all |= n == "all";
@@ -410,6 +422,16 @@ pub async fn run(config: Config, names: &[String]) -> Result<()> {
         }
     }
     roles.sort();
+    if roles.contains(&Role::Metadata) && config.metadata.shared_secret.is_empty() {
+        if all {
+            tracing::warn!("[metadata] shared_secret is empty: not running the metadata role");
+            roles.retain(|r| *r != Role::Metadata);
+        } else {
+            return Err(Error::bad_request(
+                "the metadata role needs [metadata] shared_secret (the compute hosts' proxies sign with it)",
+            ));
+        }
+    }
     let mut runnable = Vec::new();
     for r in &roles {
         match r.not_implemented() {
@@ -449,12 +471,7 @@ pub async fn run(config: Config, names: &[String]) -> Result<()> {
             );
         }
     }
-    let listeners = bind_roles(
-        &config,
-        runnable.contains(&Role::Api),
-        runnable.contains(&Role::ConsoleProxy),
-    )
-    .await?;
+    let listeners = bind_roles(&config, &runnable).await?;
     let server = Server::start(app.clone(), listeners)?;
     let scheduler = runnable.contains(&Role::Scheduler);
     let conductor = runnable.contains(&Role::Conductor);

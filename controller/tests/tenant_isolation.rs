@@ -8,7 +8,7 @@ mod fleet;
 
 use std::time::{Duration, Instant};
 
-use common::Caller;
+use common::{Api, Caller};
 use fleet::{Bus, Fleet, Hosts};
 use mica_controller::app::ServiceKind;
 use mica_controller::db::Backend;
@@ -17,8 +17,6 @@ use mica_rpc::Topic;
 use mica_rpc::conductor::{ScheduleAndBuild, ScheduleAndBuildRequest};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-
-const T: Duration = Duration::from_secs(60);
 
 both_databases!(
     ports_are_bound_only_by_the_compute_api,
@@ -30,162 +28,6 @@ both_databases!(
     connections_beyond_the_cap_get_503,
     password_checks_are_capped,
 );
-
-/// HTTP to the fleet's cloud.
-struct Api {
-    http: reqwest::Client,
-    identity: String,
-    compute: String,
-    network: String,
-}
-
-impl Api {
-    fn of(f: &Fleet) -> Api {
-        Api {
-            http: reqwest::Client::new(),
-            identity: f.cloud.base(ServiceKind::Identity),
-            compute: f.cloud.base(ServiceKind::Compute),
-            network: f.cloud.base(ServiceKind::Network),
-        }
-    }
-
-    async fn call(
-        &self,
-        who: &Caller,
-        method: Method,
-        url: String,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(method, url)
-            .header("x-auth-token", &who.token)
-            .header("openstack-api-version", "compute 2.90");
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let r = req.send().await.unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn nova(
-        &self,
-        who: &Caller,
-        m: Method,
-        path: &str,
-        b: Option<Value>,
-    ) -> (StatusCode, Value) {
-        self.call(who, m, format!("{}/v2.1{path}", self.compute), b)
-            .await
-    }
-
-    async fn neutron(
-        &self,
-        who: &Caller,
-        m: Method,
-        path: &str,
-        b: Option<Value>,
-    ) -> (StatusCode, Value) {
-        self.call(who, m, format!("{}/v2.0{path}", self.network), b)
-            .await
-    }
-
-    async fn keystone(
-        &self,
-        who: &Caller,
-        m: Method,
-        path: &str,
-        b: Option<Value>,
-    ) -> (StatusCode, Value) {
-        self.call(who, m, format!("{}/v3{path}", self.identity), b)
-            .await
-    }
-
-    async fn admin(&self) -> Caller {
-        common::password_login(&self.http, &self.identity, "admin", ADMIN_PASSWORD, "admin").await
-    }
-
-    /// A new project with a user holding `role` on it, logged in.
-    async fn user_in(&self, admin: &Caller, project: &str, user: &str, role: &str) -> Caller {
-        let (s, p) = self
-            .keystone(
-                admin,
-                Method::POST,
-                "/projects",
-                Some(json!({"project": {"name": project, "domain_id": "default"}})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{p}");
-        let (s, u) = self
-            .keystone(
-                admin,
-                Method::POST,
-                "/users",
-                Some(json!({"user": {"name": user, "password": "pw-of-user", "domain_id": "default"}})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{u}");
-        let (_, roles) = self
-            .keystone(admin, Method::GET, &format!("/roles?name={role}"), None)
-            .await;
-        let (s, _) = self
-            .keystone(
-                admin,
-                Method::PUT,
-                &format!(
-                    "/projects/{}/users/{}/roles/{}",
-                    p["project"]["id"].as_str().unwrap(),
-                    u["user"]["id"].as_str().unwrap(),
-                    roles["roles"][0]["id"].as_str().unwrap()
-                ),
-                None,
-            )
-            .await;
-        assert_eq!(s, StatusCode::NO_CONTENT);
-        common::password_login(&self.http, &self.identity, user, "pw-of-user", project).await
-    }
-
-    /// A network with one subnet of `cidr`: (network id, its name).
-    async fn network_with_subnet(&self, who: &Caller, name: &str, cidr: &str) -> String {
-        let (s, n) = self
-            .neutron(
-                who,
-                Method::POST,
-                "/networks",
-                Some(json!({"network": {"name": name}})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{n}");
-        let id = n["network"]["id"].as_str().unwrap().to_owned();
-        let (s, sn) = self
-            .neutron(
-                who,
-                Method::POST,
-                "/subnets",
-                Some(json!({"subnet": {"network_id": id, "cidr": cidr, "ip_version": 4}})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{sn}");
-        id
-    }
-
-    /// Waits until a server leaves BUILD; returns its view.
-    async fn settle(&self, who: &Caller, id: &str) -> Value {
-        let deadline = Instant::now() + T;
-        loop {
-            let (s, v) = self
-                .nova(who, Method::GET, &format!("/servers/{id}"), None)
-                .await;
-            assert_eq!(s, StatusCode::OK, "{v}");
-            if v["server"]["status"] != "BUILD" {
-                return v["server"].clone();
-            }
-            assert!(Instant::now() < deadline, "server {id} still building");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
 
 fn neutron_error(body: &Value, kind: &str) {
     assert_eq!(body["NeutronError"]["type"], kind, "{body}");
@@ -205,7 +47,7 @@ async fn ports_are_bound_only_by_the_compute_api(backend: Backend) {
         |_| {},
     )
     .await;
-    let api = Api::of(&f);
+    let api = Api::of(&f.cloud);
     let admin = api.admin().await;
     let (s, flavor) = api
         .nova(
@@ -744,6 +586,15 @@ fn cases(x: &Fixture) -> Vec<Case> {
             "/v2.1/servers/{id}/remote-consoles",
             format!("/servers/{s}/remote-consoles"),
             Some(json!({"remote_console": {"protocol": "vnc", "type": "novnc"}})),
+            403,
+            HIDDEN,
+        ),
+        case(
+            "compute",
+            "DELETE",
+            "/v2.1/servers/{id}/os-server-password",
+            format!("/servers/{s}/os-server-password"),
+            None,
             403,
             HIDDEN,
         ),
@@ -1418,7 +1269,7 @@ async fn readers_and_other_projects_never_write(backend: Backend) {
         |_| {},
     )
     .await;
-    let api = Api::of(&f);
+    let api = Api::of(&f.cloud);
     let admin = api.admin().await;
     let compute = |p: &str| format!("{}/v2.1{p}", api.compute);
     let network = |p: &str| format!("{}/v2.0{p}", api.network);

@@ -6,12 +6,14 @@
 //!   own kernel offers a real `/dev/kvm`; every test with a real Linux guest runs
 //!   its commands there.
 //! - [`browser`]: the console page in headless chromium (noVNC).
+//! - [`netns`]: two network namespaces joined by a veth pair (a guest and its gateway).
 //! - [`require`]: the `MICA_REQUIRE_KVM` rule: in CI a missing prerequisite fails
 //!   the test; elsewhere the test says why it is skipped.
 
 pub mod artifacts;
 pub mod browser;
 pub mod nested;
+pub mod netns;
 
 /// Where `make setup` keeps what it installs and builds: `$MICA_CACHE`, or
 /// `~/.cache/mica`.

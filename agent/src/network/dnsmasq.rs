@@ -25,6 +25,10 @@ pub struct DhcpSubnet {
     pub prefix_len: u8,
     pub router: Option<Ipv4Addr>,
     pub dns: Vec<IpAddr>,
+    /// Where guests reach the metadata service (169.254.169.254) from this
+    /// subnet, if served: a classless static route to it (option 121, with
+    /// the default route too, which such a route replaces).
+    pub metadata_via: Option<Ipv4Addr>,
 }
 
 /// One network's DHCP server.
@@ -39,12 +43,14 @@ pub struct DhcpConfig {
     pub mtu: u32,
 }
 
-/// One port's address.
+/// One port's address, and whose it is (for the metadata proxy).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DhcpHost {
     pub mac: String,
     pub ip: Ipv4Addr,
     pub hostname: String,
+    pub instance_uuid: String,
+    pub project_id: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +111,16 @@ pub fn config_text(c: &DhcpConfig) -> String {
             None => {
                 let _ = writeln!(s, "dhcp-option=tag:{tag},option:router");
             }
+        }
+        if let Some(via) = sub.metadata_via {
+            let default = sub
+                .router
+                .map(|r| format!(",0.0.0.0/0,{r}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "dhcp-option=tag:{tag},option:classless-static-route,169.254.169.254/32,{via}{default}"
+            );
         }
         if !sub.dns.is_empty() {
             let list: Vec<String> = sub.dns.iter().map(|d| d.to_string()).collect();
@@ -284,6 +300,7 @@ mod tests {
                     prefix_len: 24,
                     router: Some("10.0.0.1".parse().unwrap()),
                     dns: vec!["10.0.0.1".parse().unwrap(), "9.9.9.9".parse().unwrap()],
+                    metadata_via: Some("10.0.0.1".parse().unwrap()),
                 },
                 DhcpSubnet {
                     tag: "s1".into(),
@@ -291,6 +308,7 @@ mod tests {
                     prefix_len: 22,
                     router: None,
                     dns: vec![],
+                    metadata_via: None,
                 },
             ],
             lease_s: 86400,
@@ -309,6 +327,7 @@ mod tests {
             "dhcp-option-force=tag:s0,option:mtu,1450",
             "dhcp-range=set:s1,192.168.8.0,static,255.255.252.0,86400s",
             "dhcp-option=tag:s1,option:router",
+            "dhcp-option=tag:s0,option:classless-static-route,169.254.169.254/32,10.0.0.1,0.0.0.0/0,10.0.0.1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -316,6 +335,7 @@ mod tests {
             );
         }
         assert!(!text.contains("tag:s1,option:dns-server"), "{text}");
+        assert!(!text.contains("tag:s1,option:classless"), "{text}");
     }
 
     #[test]
@@ -325,11 +345,15 @@ mod tests {
                 mac: "FA:16:3E:00:00:09".into(),
                 ip: "10.0.0.9".parse().unwrap(),
                 hostname: "Web Server_2".into(),
+                instance_uuid: "i9".into(),
+                project_id: "p".into(),
             },
             DhcpHost {
                 mac: "fa:16:3e:00:00:05".into(),
                 ip: "10.0.0.5".parse().unwrap(),
                 hostname: "-db-".into(),
+                instance_uuid: "i5".into(),
+                project_id: "p".into(),
             },
         ];
         assert_eq!(

@@ -36,6 +36,7 @@
 //! error, never reused or removed.
 
 pub mod dnsmasq;
+pub mod metadata;
 pub mod nft;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -47,6 +48,7 @@ use tokio::io::AsyncWriteExt as _;
 use crate::config::NetworkSection;
 use crate::locks::KeyedLocks;
 use dnsmasq::{DhcpConfig, DhcpHost, DhcpSubnet, Dnsmasq, DnsmasqError};
+use metadata::{MetadataProxy, Place, Requester};
 use nft::{Prefix, RuleError};
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +92,8 @@ pub struct Networking {
     /// What each network was last made to be (bridge, addresses, DHCP and
     /// NAT): when nothing changed, only the DHCP hosts are updated.
     ensured: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// The metadata proxy, when `[network] metadata_url` is set.
+    metadata: Option<MetadataProxy>,
 }
 
 /// A name from a prefix and the first 11 characters of an id (Neutron's
@@ -280,6 +284,7 @@ impl Networking {
             dir: state_dir.join("networks"),
             locks: KeyedLocks::default(),
             ensured: Default::default(),
+            metadata: MetadataProxy::new(&cfg.metadata_url, &cfg.metadata_shared_secret),
         }
     }
 
@@ -373,9 +378,23 @@ impl Networking {
                     "link set {GATEWAY_LINK} address {} mtu {mtu} up",
                     gateway_mac(&net.id)
                 ));
+                if self.metadata.is_some() {
+                    gateway.push(format!(
+                        "addr replace {}/32 dev {GATEWAY_LINK}",
+                        metadata::ADDRESS
+                    ));
+                }
                 GATEWAY_LINK.to_owned()
             }
-            None => bridge.clone(),
+            None => {
+                if self.metadata.is_some() {
+                    host.push(format!(
+                        "addr replace {}/32 dev {bridge}",
+                        metadata::ADDRESS
+                    ));
+                }
+                bridge.clone()
+            }
         };
         host.push(format!("link set {bridge} mtu {mtu} up"));
 
@@ -404,6 +423,7 @@ impl Networking {
                     network,
                     prefix_len: cidr.len,
                     router: sub.gateway_ip.as_deref().and_then(|g| g.parse().ok()),
+                    metadata_via: self.metadata.is_some().then_some(addr),
                     dns: sub
                         .dns_nameservers
                         .iter()
@@ -487,6 +507,29 @@ impl Networking {
                     source,
                 })?,
         }
+        if let Some(proxy) = &self.metadata {
+            let place = match &ns {
+                Some(ns) => Place::Namespace(ns.clone()),
+                None => Place::Device(bridge.clone()),
+            };
+            let guests = hosts
+                .iter()
+                .map(|h| {
+                    (
+                        IpAddr::V4(h.ip),
+                        Requester {
+                            instance_uuid: h.instance_uuid.clone(),
+                            project_id: h.project_id.clone(),
+                        },
+                    )
+                })
+                .collect();
+            // A guest without metadata still boots: the failure is logged,
+            // the network stands.
+            if let Err(e) = proxy.serve(&net.id, place, guests) {
+                tracing::error!(network = %net.id, error = %e, "metadata proxy not serving");
+            }
+        }
         if !unchanged {
             match &nat_script {
                 Some(script) => {
@@ -524,6 +567,9 @@ impl Networking {
         let _guard = self.locks.lock(network_id).await;
         self.ensured.lock().expect("ensured").remove(network_id);
         let dir = self.network_dir(network_id)?;
+        if let Some(proxy) = &self.metadata {
+            proxy.stop(network_id);
+        }
         let ns = self.namespace_name(network_id);
         let netns = netns_exists(&ns).then_some(ns.as_str());
         Dnsmasq::new(&self.cfg.dnsmasq, &dir, netns).stop().await;

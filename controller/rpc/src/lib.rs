@@ -109,6 +109,7 @@ pub mod compute;
 pub mod conductor;
 pub mod envelope;
 mod error;
+pub mod metadata;
 mod pending;
 mod server;
 mod topic;

@@ -14,6 +14,7 @@ pub mod compute;
 pub mod console_proxy;
 pub mod identity;
 pub mod image;
+pub mod metadata;
 pub mod network;
 pub mod openapi;
 pub mod placement;

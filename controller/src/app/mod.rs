@@ -5,6 +5,7 @@
 pub mod compute;
 pub mod identity;
 pub mod images;
+pub mod metadata;
 pub mod network;
 pub mod placement;
 

@@ -46,6 +46,7 @@ pub mod identity;
 pub mod images;
 pub mod instances;
 pub mod network;
+pub mod passwords;
 pub mod placement;
 pub mod quotas;
 pub mod sagas;

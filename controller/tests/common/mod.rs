@@ -6,6 +6,8 @@
 use mica_controller::app::ServiceKind;
 use mica_controller::db::Backend;
 use mica_controller::testing::{ADMIN_PASSWORD, TestCloud};
+use std::time::{Duration, Instant};
+
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 
@@ -351,6 +353,162 @@ pub fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
             rust_files(&p, out);
         } else if p.extension().is_some_and(|x| x == "rs") {
             out.push(p);
+        }
+    }
+}
+
+/// HTTP to a cloud's identity, compute and network APIs (compute at 2.90).
+pub struct Api {
+    pub http: reqwest::Client,
+    pub identity: String,
+    pub compute: String,
+    pub network: String,
+}
+
+impl Api {
+    pub fn of(cloud: &TestCloud) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            identity: cloud.base(ServiceKind::Identity),
+            compute: cloud.base(ServiceKind::Compute),
+            network: cloud.base(ServiceKind::Network),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        who: &Caller,
+        method: Method,
+        url: String,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, url)
+            .header("x-auth-token", &who.token)
+            .header("openstack-api-version", "compute 2.90");
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn nova(
+        &self,
+        who: &Caller,
+        m: Method,
+        path: &str,
+        b: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.call(who, m, format!("{}/v2.1{path}", self.compute), b)
+            .await
+    }
+
+    pub async fn neutron(
+        &self,
+        who: &Caller,
+        m: Method,
+        path: &str,
+        b: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.call(who, m, format!("{}/v2.0{path}", self.network), b)
+            .await
+    }
+
+    pub async fn keystone(
+        &self,
+        who: &Caller,
+        m: Method,
+        path: &str,
+        b: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.call(who, m, format!("{}/v3{path}", self.identity), b)
+            .await
+    }
+
+    pub async fn admin(&self) -> Caller {
+        password_login(&self.http, &self.identity, "admin", ADMIN_PASSWORD, "admin").await
+    }
+
+    /// A new project with a user holding `role` on it, logged in.
+    pub async fn user_in(&self, admin: &Caller, project: &str, user: &str, role: &str) -> Caller {
+        let (s, p) = self
+            .keystone(
+                admin,
+                Method::POST,
+                "/projects",
+                Some(json!({"project": {"name": project, "domain_id": "default"}})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{p}");
+        let (s, u) = self
+            .keystone(
+                admin,
+                Method::POST,
+                "/users",
+                Some(json!({"user": {"name": user, "password": "pw-of-user", "domain_id": "default"}})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{u}");
+        let (_, roles) = self
+            .keystone(admin, Method::GET, &format!("/roles?name={role}"), None)
+            .await;
+        let (s, _) = self
+            .keystone(
+                admin,
+                Method::PUT,
+                &format!(
+                    "/projects/{}/users/{}/roles/{}",
+                    p["project"]["id"].as_str().unwrap(),
+                    u["user"]["id"].as_str().unwrap(),
+                    roles["roles"][0]["id"].as_str().unwrap()
+                ),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        password_login(&self.http, &self.identity, user, "pw-of-user", project).await
+    }
+
+    /// A network with one subnet of `cidr`: (network id, its name).
+    pub async fn network_with_subnet(&self, who: &Caller, name: &str, cidr: &str) -> String {
+        let (s, n) = self
+            .neutron(
+                who,
+                Method::POST,
+                "/networks",
+                Some(json!({"network": {"name": name}})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{n}");
+        let id = n["network"]["id"].as_str().unwrap().to_owned();
+        let (s, sn) = self
+            .neutron(
+                who,
+                Method::POST,
+                "/subnets",
+                Some(json!({"subnet": {"network_id": id, "cidr": cidr, "ip_version": 4}})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{sn}");
+        id
+    }
+
+    /// Waits until a server leaves BUILD; returns its view.
+    pub async fn settle(&self, who: &Caller, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (s, v) = self
+                .nova(who, Method::GET, &format!("/servers/{id}"), None)
+                .await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            if v["server"]["status"] != "BUILD" {
+                return v["server"].clone();
+            }
+            assert!(Instant::now() < deadline, "server {id} still building");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }

@@ -377,6 +377,7 @@ fn distributed(sequential: usize, burst: usize) {
         saved_state: None,
         shared_lock: false,
         console_port: None,
+        metadata: None,
     })
     .unwrap();
 

@@ -108,6 +108,10 @@ pub struct NestedComputeOptions {
     /// A port of this machine's loopback forwarded to the agent's console
     /// channel in L1 (the console proxy dials it); none: no consoles.
     pub console_port: Option<u16>,
+    /// The metadata service's port on this machine's loopback and its
+    /// shared secret: the agent's metadata proxy forwards there. None: no
+    /// metadata proxy.
+    pub metadata: Option<(u16, String)>,
 }
 
 /// The agent's console channel port inside L1.
@@ -148,7 +152,15 @@ impl NestedCompute {
              # L1's disk is memory (a tmpfs of half its size) and root disks\n\
              # are sparse copies: overcommit it as thin provisioning would.\n\
              disk_allocation_ratio = 20.0\n\n\
+             [network]\n{metadata}\n\
              [console]\n{console}",
+            metadata = match &o.metadata {
+                Some((port, secret)) => format!(
+                    "metadata_url = \"http://{HOST_FROM_L1}:{port}\"\nmetadata_shared_secret = {}\n",
+                    quote(secret)
+                ),
+                None => String::new(),
+            },
             console = match o.console_port {
                 // Reached only through QEMU's forward from this machine's
                 // loopback: L1's user network has no other way in.
@@ -167,6 +179,9 @@ impl NestedCompute {
         let mut opts = NestedOptions::new(&o.name);
         opts.memory_mib = o.memory_mib;
         opts.host_ports = vec![amqp_port, o.image_port];
+        if let Some((port, _)) = &o.metadata {
+            opts.host_ports.push(*port);
+        }
         opts.shared_lock = o.shared_lock;
         if let Some(p) = o.console_port {
             opts.forwards.push((p, L1_CONSOLE_PORT));
@@ -306,13 +321,7 @@ impl ComputeHost {
                 memory_mib: args.nested_memory_mib,
                 amqp_url: args.nested_amqp_url.clone(),
                 namespace: secrets.namespace.clone(),
-                image_port: controller
-                    .api
-                    .image_listen
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.parse().ok())
-                    .context("[api] image_listen has no port")?,
+                image_port: port_of(&controller.api.image_listen)?,
                 agent_bin: sibling_binary("mica-agent")?,
                 vmm_bin,
                 kernel,
@@ -320,6 +329,10 @@ impl ComputeHost {
                 saved_state: Some(saved.clone()),
                 shared_lock: false,
                 console_port: Some(mica_tests::free_port()),
+                metadata: Some((
+                    port_of(&controller.api.metadata_listen)?,
+                    controller.metadata.shared_secret.clone(),
+                )),
             };
             let start = options.clone();
             let compute =
@@ -345,6 +358,17 @@ impl ComputeHost {
             format!("vmm.kernel={}", path(kernel)),
             // The proxy is in this process: an ephemeral loopback port.
             "console.listen=\"127.0.0.1:0\"".to_owned(),
+            format!(
+                "network.metadata_url={}",
+                quote(&format!(
+                    "http://127.0.0.1:{}",
+                    port_of(&controller.api.metadata_listen)?
+                ))
+            ),
+            format!(
+                "network.metadata_shared_secret={}",
+                quote(&controller.metadata.shared_secret)
+            ),
         ];
         overrides.extend(args.agent_set.iter().cloned());
         let config = mica_agent::config::Config::parse("", "mica up", &overrides)
@@ -639,4 +663,13 @@ fn follow_log(path: PathBuf, stop: Arc<AtomicBool>) {
             std::thread::sleep(Duration::from_millis(200));
         }
     });
+}
+
+/// The port of a listen address (`127.0.0.1:9292`).
+fn port_of(listen: &str) -> Result<u16> {
+    listen
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("the listen address {listen:?} has no port"))
 }

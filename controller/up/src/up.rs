@@ -23,36 +23,53 @@ pub struct Secrets {
     pub admin_password: String,
     pub demo_password: String,
     pub namespace: String,
+    /// `[metadata] shared_secret`: the compute host's metadata proxy signs
+    /// with it.
+    pub metadata_secret: String,
 }
 
 impl Secrets {
     fn load_or_create(state: &Path) -> Result<Secrets> {
         let path = state.join("secrets.json");
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            let v: Value = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not valid JSON", path.display()))?;
-            let get = |k: &str| {
-                v[k].as_str()
-                    .map(str::to_owned)
-                    .with_context(|| format!("{} has no {k}", path.display()))
-            };
-            return Ok(Secrets {
-                admin_password: get("admin_password")?,
-                demo_password: get("demo_password")?,
-                namespace: get("namespace")?,
-            });
+        let saved: Option<Value> = match std::fs::read_to_string(&path) {
+            Ok(text) => Some(
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not valid JSON", path.display()))?,
+            ),
+            Err(_) => None,
+        };
+        let get = |k: &str| {
+            saved
+                .as_ref()
+                .and_then(|v| v[k].as_str().map(str::to_owned))
+        };
+        if let Some(v) = &saved {
+            for k in ["admin_password", "demo_password", "namespace"] {
+                if v[k].as_str().is_none() {
+                    bail!("{} has no {k}", path.display());
+                }
+            }
         }
         let s = Secrets {
-            admin_password: random_alphanumeric(20)?,
-            demo_password: random_alphanumeric(20)?,
-            namespace: format!("mica-up-{}", random_alphanumeric(8)?.to_lowercase()),
+            admin_password: get("admin_password").map_or_else(|| random_alphanumeric(20), Ok)?,
+            demo_password: get("demo_password").map_or_else(|| random_alphanumeric(20), Ok)?,
+            namespace: match get("namespace") {
+                Some(n) => n,
+                None => format!("mica-up-{}", random_alphanumeric(8)?.to_lowercase()),
+            },
+            // (Made for a state folder from before the metadata service.)
+            metadata_secret: get("metadata_secret").map_or_else(|| random_alphanumeric(32), Ok)?,
         };
-        let text = serde_json::to_string_pretty(&json!({
-            "admin_password": s.admin_password,
-            "demo_password": s.demo_password,
-            "namespace": s.namespace,
-        }))?;
-        write_private(&path, &text)?;
+        let complete = get("metadata_secret").is_some();
+        if !complete {
+            let text = serde_json::to_string_pretty(&json!({
+                "admin_password": s.admin_password,
+                "demo_password": s.demo_password,
+                "namespace": s.namespace,
+                "metadata_secret": s.metadata_secret,
+            }))?;
+            write_private(&path, &text)?;
+        }
         Ok(s)
     }
 }
@@ -146,6 +163,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         format!("messaging.transport_url=\"{transport}\""),
         format!("messaging.namespace=\"{}\"", secrets.namespace),
         format!("bootstrap.admin_password=\"{}\"", secrets.admin_password),
+        format!("metadata.shared_secret=\"{}\"", secrets.metadata_secret),
     ];
     for (key, port) in [
         ("identity_listen", 5000),
@@ -154,6 +172,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         ("placement_listen", 8778),
         ("network_listen", 9696),
         ("console_proxy_listen", 6080),
+        ("metadata_listen", 8775),
     ] {
         sets.push(format!("api.{key}=\"127.0.0.1:{port}\""));
     }

@@ -49,6 +49,7 @@ impl Compute {
             saved_state: None,
             shared_lock: true,
             console_port: None,
+            metadata: None,
         };
         Compute(NestedCompute::start(&options).expect("a nested compute host"))
     }

@@ -338,12 +338,15 @@ fn nested_all_in_one_end_to_end() {
 
 /// What a guest of [`isolated_networks_with_one_cidr`] runs once booted:
 /// its gateway, the other project's guest (same CIDR, other network) and the
-/// host's address on the shared network, each reported on the console.
+/// host's address on the shared network, each reported on the console; then
+/// its own metadata (through its network namespace's proxy).
 const ISOLATION_PROBE: &str = "me=$(ip -o -4 addr show dev eth0|awk '{print $4}')
 p=192.168.1.10;[ \"${me%/*}\" = $p ] && p=192.168.1.60
 for i in $(seq 30);do ping -c1 -W1 192.168.1.1 >/dev/null&&{ echo ISO-GW-OK;break;};sleep 1;done
 ping -c2 -W1 $p >/dev/null&&echo ISO-PEER-SEEN||echo ISO-PEER-UNSEEN
 ping -c2 -W1 10.0.0.1 >/dev/null&&echo ISO-HOST-SEEN||echo ISO-HOST-UNSEEN
+wget -q -O - http://169.254.169.254/openstack/latest/meta_data.json;echo
+wget -q -O - http://169.254.169.254/latest/meta-data/public-keys/0/openssh-key;echo
 echo ISO-DONE
 ";
 
@@ -424,7 +427,8 @@ fn isolated_networks_with_one_cidr(
                 "default",
             ]);
         }
-        let server = cli.json(&[
+        let nic = format!("net-id={},v4-fixed-ip={ip}", net["id"].as_str().unwrap());
+        let mut args = vec![
             "server",
             "create",
             "--flavor",
@@ -432,14 +436,22 @@ fn isolated_networks_with_one_cidr(
             "--image",
             "probe",
             "--nic",
-            &format!("net-id={},v4-fixed-ip={ip}", net["id"].as_str().unwrap()),
+            &nic,
+            "--property",
+            "role=web",
             "--wait",
-            name,
-        ]);
+        ];
+        if name == "blue" {
+            args.extend(["--key-name", "k1"]);
+        }
+        args.push(name);
+        let server = cli.json(&args);
         assert_eq!(server["status"], "ACTIVE", "{server}");
-        nets.push((cli, name, ip, net["id"].as_str().unwrap().to_owned()));
+        let id = server["id"].as_str().unwrap().to_owned();
+        nets.push((cli, name, ip, net["id"].as_str().unwrap().to_owned(), id));
     }
-    for (cli, name, ip, _) in &nets {
+    let key = demo.ok(&["keypair", "show", "--public-key", "k1"]);
+    for (cli, name, ip, _, id) in &nets {
         let deadline = std::time::Instant::now() + SECS(180);
         let log = loop {
             let log = cli.ok(&["console", "log", "show", name]);
@@ -457,10 +469,51 @@ fn isolated_networks_with_one_cidr(
         assert!(log.contains("ISO-GW-OK"), "{name}:\n{log}");
         assert!(log.contains("ISO-PEER-UNSEEN"), "{name}:\n{log}");
         assert!(log.contains("ISO-HOST-UNSEEN"), "{name}:\n{log}");
+        // Its own metadata, nobody else's.
+        assert!(
+            log.contains(&format!("\"uuid\":\"{id}\"")),
+            "{name}:\n{log}"
+        );
+        assert!(
+            log.contains(&format!("\"name\":\"{name}\"")),
+            "{name}:\n{log}"
+        );
+        assert!(
+            log.contains("\"meta\":{\"role\":\"web\"}"),
+            "{name}:\n{log}"
+        );
+        let other = &nets.iter().find(|n| n.1 != *name).unwrap().4;
+        assert!(!log.contains(other.as_str()), "{name} saw {other}:\n{log}");
+        assert_eq!(
+            log.contains(key.trim()),
+            *name == "blue",
+            "{name}: the EC2 openssh-key is its key pair's:\n{log}"
+        );
+    }
+    // The metadata service refuses whoever is not a signing proxy.
+    let blue_id = &nets[0].4;
+    // (No signature: 400; a wrong one: 403.)
+    for (signature, code) in [(None, "400"), (Some("0000"), "403")] {
+        let mut curl = std::process::Command::new("curl");
+        curl.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+            .arg(format!("X-Instance-ID: {blue_id}"))
+            .args(["-H", "X-Tenant-ID: x"]);
+        if let Some(s) = signature {
+            curl.args(["-H", &format!("X-Instance-ID-Signature: {s}")]);
+        }
+        let out = curl
+            .arg("http://127.0.0.1:8775/openstack/latest/meta_data.json")
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            code,
+            "a request with signature {signature:?}"
+        );
     }
     // From each network's namespace: its own guest answers, the other's
     // does not; the host itself reaches neither.
-    for (_, name, ip, net) in &nets {
+    for (_, name, ip, net, _) in &nets {
         let peer = if *ip == "192.168.1.10" {
             "192.168.1.60"
         } else {

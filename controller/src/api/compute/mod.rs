@@ -11,6 +11,7 @@
 //! headers with `Vary`. Handlers take [`Mv`] and shape their bodies by it.
 
 pub mod hosts;
+pub mod passwords;
 pub mod resources;
 pub mod servers;
 
@@ -200,6 +201,10 @@ pub fn router(app: State) -> Router {
         .route(
             &v("/servers/{id}/remote-consoles"),
             post(servers::remote_consoles),
+        )
+        .route(
+            &v("/servers/{id}/os-server-password"),
+            get(passwords::show).delete(passwords::clear),
         )
         .route(
             &v("/flavors"),

@@ -9,6 +9,7 @@ pub mod flavors;
 pub mod hosts;
 pub mod keypairs;
 pub mod lifecycle;
+pub mod passwords;
 pub mod quotas;
 pub mod server_groups;
 pub mod servers;
