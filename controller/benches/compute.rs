@@ -10,6 +10,7 @@
 //! cargo bench -p mica-controller --bench compute -- sqlite   # one of them
 //! cargo bench -p mica-controller --bench compute -- postgres create
 //! cargo bench -p mica-controller --bench compute -- sqlite metadata
+//! MICA_BENCH_METADATA_CACHE_SECS=0 cargo bench -p mica-controller --bench compute -- metadata
 //! ```
 //!
 //! Sections: `detail`, `create`, `metadata` (all by default). A controller runs
@@ -289,6 +290,10 @@ async fn run(backend: Backend) {
         c.quota.ram = -1;
         c.network.quota_port = -1;
         c.metadata.shared_secret = METADATA_SECRET.into();
+        // `MICA_BENCH_METADATA_CACHE_SECS=0`: every request reads the database.
+        if let Ok(v) = std::env::var("MICA_BENCH_METADATA_CACHE_SECS") {
+            c.metadata.cache_expiration_secs = v.parse().expect("seconds");
+        }
         c.api.metadata_listen = "127.0.0.1:0".into();
     })
     .await;

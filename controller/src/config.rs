@@ -480,6 +480,11 @@ section! {
         enable_instance_password: bool = true,
         /// Largest password a guest may post, in bytes.
         max_password_bytes: usize = 256,
+        /// Seconds an instance's metadata is served from memory before it
+        /// is read again (Nova's `[api] metadata_cache_expiration`): guests
+        /// ask often, and cloud-init asks for many paths at boot. 0: read
+        /// the database every time. The password is never cached.
+        cache_expiration_secs: u64 = 15,
     }
 }
 

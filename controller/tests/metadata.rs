@@ -178,6 +178,19 @@ async fn a_guest_reads_only_its_own_metadata(backend: Backend) {
     assert_eq!(md["meta"], json!({"role": "web"}));
     assert_eq!(md["public_keys"], json!({"k1": KEY}));
     assert_eq!(md["launch_index"], 0);
+    // Served from memory for [metadata] cache_expiration_secs (15 s), as
+    // Nova's cache: a change shows after that.
+    let (s, _) = api
+        .nova(
+            &alice,
+            Method::PUT,
+            &format!("/servers/{id_a}/metadata"),
+            Some(json!({"metadata": {"role": "db"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let cached = a.json("/openstack/latest/meta_data.json").await;
+    assert_eq!(cached["meta"], json!({"role": "web"}), "{cached}");
     let old = a.json("/openstack/2012-08-10/meta_data.json").await;
     assert!(old.get("project_id").is_none(), "{old}");
     let (s, _) = a.get("/openstack/2012-08-10/network_data.json").await;

@@ -29,13 +29,19 @@ use axum::extract::State as AxState;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use super::State;
-use crate::app::metadata::{self, InstanceView};
+use crate::app::metadata::{self, Cache, InstanceView};
 use crate::error::{Error, Result};
 
 /// The metadata role's router.
 pub fn router(app: State) -> Router {
-    Router::new().fallback(serve).with_state(app)
+    let cache = Arc::new(Cache::new(Duration::from_secs(
+        app.config.metadata.cache_expiration_secs,
+    )));
+    Router::new().fallback(serve).with_state((app, cache))
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response {
@@ -78,7 +84,7 @@ fn one_header<'h>(headers: &'h HeaderMap, name: &str, label: &str) -> Result<&'h
 }
 
 /// The instance the proxy names, after checking its signature.
-async fn requester(app: &State, headers: &HeaderMap) -> Result<InstanceView> {
+async fn requester(app: &State, cache: &Cache, headers: &HeaderMap) -> Result<Arc<InstanceView>> {
     use mica_rpc::metadata::{INSTANCE_ID, SIGNATURE, TENANT_ID};
     let instance = one_header(headers, INSTANCE_ID, "X-Instance-ID")?;
     let signature = one_header(headers, SIGNATURE, "X-Instance-ID-Signature")?;
@@ -96,7 +102,7 @@ async fn requester(app: &State, headers: &HeaderMap) -> Result<InstanceView> {
         );
         return Err(Error::forbidden("Invalid proxy request signature."));
     }
-    metadata::load(app, instance, tenant).await?.ok_or_else(|| {
+    cache.get(app, instance, tenant).await?.ok_or_else(|| {
         tracing::warn!(
             instance,
             tenant,
@@ -108,13 +114,13 @@ async fn requester(app: &State, headers: &HeaderMap) -> Result<InstanceView> {
 }
 
 async fn serve(
-    AxState(app): AxState<State>,
+    AxState((app, cache)): AxState<(State, Arc<Cache>)>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match answer(&app, &method, uri.path(), &headers, &body).await {
+    match answer(&app, &cache, &method, uri.path(), &headers, &body).await {
         Ok(r) => r,
         Err(e) => error(&e),
     }
@@ -126,12 +132,13 @@ fn not_found() -> Error {
 
 async fn answer(
     app: &State,
+    cache: &Cache,
     method: &Method,
     path: &str,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response> {
-    let inst = requester(app, headers).await?;
+    let inst = requester(app, cache, headers).await?;
     let trimmed = path.trim_matches('/');
     let parts: Vec<&str> = if trimmed.is_empty() {
         Vec::new()

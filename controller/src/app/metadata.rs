@@ -8,7 +8,9 @@
 //! documents. Which fields exist at which OpenStack version follows Nova's
 //! metadata versions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -207,6 +209,55 @@ pub async fn load(app: &App, uuid: &str, project_id: &str) -> Result<Option<Inst
         security_groups,
         ports,
     }))
+}
+
+/// Instances' views kept for `[metadata] cache_expiration_secs`, as Nova
+/// caches them: a guest's many requests at boot read the database once.
+pub struct Cache {
+    ttl: Duration,
+    entries: Mutex<HashMap<CacheKey, (Instant, Arc<InstanceView>)>>,
+}
+
+/// (instance uuid, project id).
+type CacheKey = (String, String);
+
+/// Entries beyond which expired ones are swept.
+const CACHE_SWEEP_AT: usize = 4096;
+
+impl Cache {
+    pub fn new(ttl: Duration) -> Cache {
+        Cache {
+            ttl,
+            entries: Mutex::default(),
+        }
+    }
+
+    /// [`load`], from memory when loaded less than the time-out ago.
+    pub async fn get(
+        &self,
+        app: &App,
+        uuid: &str,
+        project_id: &str,
+    ) -> Result<Option<Arc<InstanceView>>> {
+        let key = (uuid.to_owned(), project_id.to_owned());
+        if !self.ttl.is_zero()
+            && let Some((at, v)) = self.entries.lock().expect("cache").get(&key)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(Some(v.clone()));
+        }
+        let Some(view) = load(app, uuid, project_id).await?.map(Arc::new) else {
+            return Ok(None);
+        };
+        if !self.ttl.is_zero() {
+            let mut entries = self.entries.lock().expect("cache");
+            if entries.len() >= CACHE_SWEEP_AT {
+                entries.retain(|_, (at, _)| at.elapsed() < self.ttl);
+            }
+            entries.insert(key, (Instant::now(), view.clone()));
+        }
+        Ok(Some(view))
+    }
 }
 
 /// The instance's posted password (`""` when none).
