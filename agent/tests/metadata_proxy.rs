@@ -3,7 +3,7 @@
 //! request from a port's address reaches the upstream service with that
 //! instance's id, project and signature, whatever headers the guest sent;
 //! an address that is no port's gets 404 and nothing goes upstream; a
-//! stopped proxy is gone. Needs root (namespaces).
+//! 65th connection at once is closed; a stopped proxy is gone. Needs root (namespaces).
 
 use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
@@ -155,6 +155,41 @@ async fn the_proxy_names_the_port_owner_and_nobody_else() {
         1,
         "an unknown address was forwarded"
     );
+
+    // At most 64 connections at once: the 65th is closed unanswered; once
+    // they go, requests are served again.
+    let guest = pair.guest.clone();
+    let crowd = tokio::task::spawn_blocking(move || {
+        NetnsPair::within(&guest, || {
+            let held: Vec<std::net::TcpStream> = (0..64)
+                .map(|_| std::net::TcpStream::connect(("169.254.169.254", 80)).unwrap())
+                .collect();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let mut extra = std::net::TcpStream::connect(("169.254.169.254", 80)).unwrap();
+            extra
+                .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let _ = extra.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+            let mut buf = [0u8; 64];
+            let got = extra.read(&mut buf).map_err(|e| e.kind());
+            drop(held);
+            got
+        })
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        matches!(crowd, Ok(0) | Err(std::io::ErrorKind::ConnectionReset)),
+        "the 65th connection was served: {crowd:?}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let guest = pair.guest.clone();
+    let (status, _) = tokio::task::spawn_blocking(move || guest_get(&guest, GUESTS[0], "/", ""))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
 
     // Stopped: nothing listens.
     proxy.stop("net-1");

@@ -10,7 +10,8 @@
 //! goes on to the controller's metadata service with the instance's id and
 //! project, the id signed with the shared secret (`mica_rpc::metadata`);
 //! the answer comes back as is. An address that is no port's on that
-//! network gets 404 here and nothing is forwarded.
+//! network gets 404 here and nothing is forwarded. A network's listener
+//! serves at most 64 connections at once and gives a request head 10 s.
 //!
 //! ```text
 //!   guest ──► 169.254.169.254:80 (its network's listener)
@@ -36,6 +37,11 @@ pub const ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 pub const PORT: u16 = 80;
 /// The largest request body forwarded (a password post is 256 bytes).
 const MAX_BODY: usize = 64 * 1024;
+/// Connections served at once per network; more are closed at once (a
+/// guest cannot tie up the host's descriptors).
+const MAX_CONNECTIONS: usize = 64;
+/// How long a request's head may take to arrive.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Who asks: the instance whose port has the source address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,6 +232,7 @@ struct Forward {
 }
 
 async fn accept(listener: tokio::net::TcpListener, fwd: Arc<Forward>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -235,13 +242,20 @@ async fn accept(listener: tokio::net::TcpListener, fwd: Arc<Forward>) {
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(network = %fwd.network, %peer, "metadata proxy: too many connections, one closed");
+            continue;
+        };
         let fwd = fwd.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 let fwd = fwd.clone();
                 async move { Ok::<_, Infallible>(fwd.handle(peer.ip(), req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .await;
         });
