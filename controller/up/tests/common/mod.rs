@@ -43,13 +43,35 @@ pub struct Up {
 }
 
 impl Up {
-    /// Starts `mica up` on `state` and waits until it is ready.
+    /// Starts `mica up` on `state` and waits until it is ready. A `mica up`
+    /// of a run that was killed (a timed-out try) may still be stopping:
+    /// its ports are waited for first. This one is told to stop (SIGTERM)
+    /// if the test's thread dies without dropping it.
     pub fn start(state: &Path, extra: &[&str]) -> Up {
         std::fs::create_dir_all(state).unwrap();
+        let freed = Instant::now() + Duration::from_secs(180);
+        while std::net::TcpListener::bind("127.0.0.1:5000").is_err() {
+            assert!(
+                Instant::now() < freed,
+                "127.0.0.1:5000 still taken after 180 s (another mica up?)"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
         let out = state.join("up.out");
         let err = state.join("up.err");
         let started = Instant::now();
-        let child = Command::new(env!("CARGO_BIN_EXE_mica"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mica"));
+        // SAFETY: prctl only, between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt as _;
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
             .arg("up")
             .arg("--state-dir")
             .arg(state)
