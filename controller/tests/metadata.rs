@@ -97,16 +97,7 @@ async fn a_guest_reads_only_its_own_metadata(backend: Backend) {
     .await;
     let api = Api::of(&f.cloud);
     let admin = api.admin().await;
-    let (s, flavor) = api
-        .nova(
-            &admin,
-            Method::POST,
-            "/flavors",
-            Some(json!({"flavor": {"name": "t1", "ram": 512, "vcpus": 1, "disk": 1}})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{flavor}");
-    let flavor = flavor["flavor"]["id"].as_str().unwrap().to_owned();
+    let flavor = api.flavor(&admin, "t1").await;
     let alice = api.user_in(&admin, "proj-a", "alice", "member").await;
     let bob = api.user_in(&admin, "proj-b", "bob", "member").await;
     let reader = api.user_in(&admin, "proj-r", "rita", "reader").await;

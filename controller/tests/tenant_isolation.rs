@@ -49,16 +49,7 @@ async fn ports_are_bound_only_by_the_compute_api(backend: Backend) {
     .await;
     let api = Api::of(&f.cloud);
     let admin = api.admin().await;
-    let (s, flavor) = api
-        .nova(
-            &admin,
-            Method::POST,
-            "/flavors",
-            Some(json!({"flavor": {"name": "t1", "ram": 512, "vcpus": 1, "disk": 1}})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{flavor}");
-    let flavor = flavor["flavor"]["id"].as_str().unwrap().to_owned();
+    let flavor = api.flavor(&admin, "t1").await;
     let a = api.user_in(&admin, "proj-a", "alice", "member").await;
     let b = api.user_in(&admin, "proj-b", "bob", "member").await;
     let net_a = api.network_with_subnet(&a, "net-a", "10.10.0.0/24").await;

@@ -362,8 +362,11 @@ impl Networking {
         let mut host = Vec::new();
         let serves = match &ns {
             Some(ns) => {
+                // (Checked by running `ip` only when this agent has not
+                // made the network yet: a process per build is not free.)
+                let made = self.ensured.lock().expect("ensured").contains_key(&net.id);
                 if iface_exists(&veth) {
-                    if !is_veth(&veth).await {
+                    if !made && !is_veth(&veth).await {
                         return Err(NetError::NotAVeth(veth));
                     }
                 } else {

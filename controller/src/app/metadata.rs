@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::App;
+use super::network::addr::{Cidr, to_ip};
 use crate::db::{instances, network as net_store, passwords};
 use crate::error::{Error, Result};
 
@@ -67,12 +68,12 @@ pub fn ec2_version(v: &str) -> bool {
 pub struct Address {
     pub ip: String,
     pub ip_version: u8,
-    /// The subnet's prefix length.
-    pub prefix_len: u8,
+    /// The subnet's netmask (`255.255.255.0`).
+    pub netmask: String,
     pub gateway: Option<String>,
     pub dns: Vec<String>,
-    /// `(destination cidr, next hop)`.
-    pub host_routes: Vec<(String, String)>,
+    /// `(destination network, its netmask, next hop)`.
+    pub host_routes: Vec<(String, String, String)>,
     pub dhcp: bool,
 }
 
@@ -150,19 +151,21 @@ pub async fn load(app: &App, uuid: &str, project_id: &str) -> Result<Option<Inst
             .iter()
             .filter_map(|ip| {
                 let s = subnets.iter().find(|s| s.id == ip.subnet_id)?;
-                let prefix_len = s.cidr.split_once('/')?.1.parse().ok()?;
+                let cidr = Cidr::parse(&s.cidr).ok()?;
                 Some(Address {
                     ip: ip.ip_address.clone(),
-                    ip_version: u8::try_from(s.ip_version).ok()?,
-                    prefix_len,
+                    ip_version: cidr.version,
+                    netmask: cidr.netmask(),
                     gateway: s.gateway_ip.clone(),
                     dns: serde_json::from_str(&s.dns_nameservers).unwrap_or_default(),
                     host_routes: serde_json::from_str::<Vec<Value>>(&s.host_routes)
                         .unwrap_or_default()
                         .iter()
                         .filter_map(|r| {
+                            let dest = Cidr::parse(r["destination"].as_str()?).ok()?;
                             Some((
-                                r["destination"].as_str()?.to_owned(),
+                                to_ip(dest.base, dest.version),
+                                dest.netmask(),
                                 r["nexthop"].as_str()?.to_owned(),
                             ))
                         })
@@ -307,21 +310,6 @@ fn ec2_id(prefix: &str, uuid: &str) -> String {
     format!("{prefix}-{hex:0>8}")
 }
 
-/// A dotted netmask.
-fn netmask(version: u8, prefix_len: u8) -> String {
-    if version == 4 {
-        let bits = u32::MAX
-            .checked_shl(32 - u32::from(prefix_len.min(32)))
-            .unwrap_or(0);
-        std::net::Ipv4Addr::from(bits).to_string()
-    } else {
-        let bits = u128::MAX
-            .checked_shl(128 - u32::from(prefix_len.min(128)))
-            .unwrap_or(0);
-        std::net::Ipv6Addr::from(bits).to_string()
-    }
-}
-
 /// The interface name a guest's link is known by (Neutron's tap name).
 fn link_id(port_id: &str) -> String {
     format!("tap{}", &port_id[..port_id.len().min(11)])
@@ -405,20 +393,13 @@ impl InstanceView {
                         let any = if a.ip_version == 4 { "0.0.0.0" } else { "::" };
                         routes.push(json!({"network": any, "netmask": any, "gateway": gw}));
                     }
-                    for (dest, hop) in &a.host_routes {
-                        if let Some((addr, len)) = dest.split_once('/')
-                            && let Ok(len) = len.parse::<u8>()
-                        {
-                            routes.push(json!({
-                                "network": addr,
-                                "netmask": netmask(a.ip_version, len),
-                                "gateway": hop,
-                            }));
-                        }
+                    for (network, netmask, hop) in &a.host_routes {
+                        routes
+                            .push(json!({"network": network, "netmask": netmask, "gateway": hop}));
                     }
                     net["type"] = json!(format!("ipv{}", a.ip_version));
                     net["ip_address"] = json!(a.ip);
-                    net["netmask"] = json!(netmask(a.ip_version, a.prefix_len));
+                    net["netmask"] = json!(a.netmask);
                     net["routes"] = json!(routes);
                     net["services"] = json!(
                         a.dns
@@ -598,10 +579,14 @@ mod tests {
                 addresses: vec![Address {
                     ip: "10.0.0.5".into(),
                     ip_version: 4,
-                    prefix_len: 24,
+                    netmask: "255.255.255.0".into(),
                     gateway: Some("10.0.0.1".into()),
                     dns: vec!["10.0.0.2".into()],
-                    host_routes: vec![("192.168.0.0/16".into(), "10.0.0.254".into())],
+                    host_routes: vec![(
+                        "192.168.0.0".into(),
+                        "255.255.0.0".into(),
+                        "10.0.0.254".into(),
+                    )],
                     dhcp: false,
                 }],
             }],

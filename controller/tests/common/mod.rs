@@ -432,6 +432,20 @@ impl Api {
         password_login(&self.http, &self.identity, "admin", ADMIN_PASSWORD, "admin").await
     }
 
+    /// A flavor of 512 MiB, 1 vCPU and 1 GB made by `admin`: its id.
+    pub async fn flavor(&self, admin: &Caller, name: &str) -> String {
+        let (s, f) = self
+            .nova(
+                admin,
+                Method::POST,
+                "/flavors",
+                Some(json!({"flavor": {"name": name, "ram": 512, "vcpus": 1, "disk": 1}})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{f}");
+        f["flavor"]["id"].as_str().unwrap().to_owned()
+    }
+
     /// A new project with a user holding `role` on it, logged in.
     pub async fn user_in(&self, admin: &Caller, project: &str, user: &str, role: &str) -> Caller {
         let (s, p) = self

@@ -666,7 +666,7 @@ fn follow_log(path: PathBuf, stop: Arc<AtomicBool>) {
 }
 
 /// The port of a listen address (`127.0.0.1:9292`).
-fn port_of(listen: &str) -> Result<u16> {
+pub fn port_of(listen: &str) -> Result<u16> {
     listen
         .rsplit(':')
         .next()

@@ -221,7 +221,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         ComputeMode::Nested => Some(format!(
             "http://{}:{}",
             mica_tests::nested::HOST_FROM_L1,
-            port_of(&config.api.image_listen)
+            compute::port_of(&config.api.image_listen)?
         )),
         _ => None,
     };
@@ -305,14 +305,6 @@ pub fn public_url(config: &Config, kind: ServiceKind) -> String {
         .find(|(k, _)| *k == kind)
         .map(|(_, u)| u)
         .expect("every API has a public URL")
-}
-
-fn port_of(listen: &str) -> u16 {
-    listen
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0)
 }
 
 async fn shutdown_signal() {

@@ -92,16 +92,7 @@ fn nested_all_in_one_end_to_end() {
     );
 
     // Pings allowed in (the default group lets in only its members).
-    demo.ok(&[
-        "security",
-        "group",
-        "rule",
-        "create",
-        "--ingress",
-        "--protocol",
-        "icmp",
-        "default",
-    ]);
+    demo.allow_ping("default");
 
     // A key pair and a server on the default network.
     let key_file = dir.path().join("k1.pem");
@@ -416,16 +407,7 @@ fn isolated_networks_with_one_cidr(
             &format!("{name}-v4"),
         ]);
         if name == "green" {
-            cli.ok(&[
-                "security",
-                "group",
-                "rule",
-                "create",
-                "--ingress",
-                "--protocol",
-                "icmp",
-                "default",
-            ]);
+            cli.allow_ping("default");
         }
         let nic = format!("net-id={},v4-fixed-ip={ip}", net["id"].as_str().unwrap());
         let mut args = vec![

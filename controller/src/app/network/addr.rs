@@ -63,6 +63,11 @@ impl Cidr {
         }
     }
 
+    /// The netmask as an address (`255.255.255.0`, `ffff:ffff::`).
+    pub fn netmask(&self) -> String {
+        to_ip(self.mask(), self.version)
+    }
+
     /// The last address of the prefix.
     pub fn last(&self) -> u128 {
         let host = u32::from(self.bits() - self.len);
@@ -298,6 +303,19 @@ pub fn first_free(cidr: &Cidr, pools: &[Pool], used: &[String]) -> Option<String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn netmasks() {
+        for (cidr, mask) in [
+            ("192.168.0.0/16", "255.255.0.0"),
+            ("10.0.0.0/24", "255.255.255.0"),
+            ("0.0.0.0/0", "0.0.0.0"),
+            ("10.0.0.4/32", "255.255.255.255"),
+            ("fd00::/64", "ffff:ffff:ffff:ffff::"),
+        ] {
+            assert_eq!(Cidr::parse(cidr).unwrap().netmask(), mask, "{cidr}");
+        }
+    }
 
     #[test]
     fn reserved_ranges_are_refused() {

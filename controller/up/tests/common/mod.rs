@@ -242,6 +242,21 @@ impl Cli {
         }
     }
 
+    /// `security group rule create --ingress --protocol icmp <group>`:
+    /// pings allowed in.
+    pub fn allow_ping(&self, group: &str) {
+        self.ok(&[
+            "security",
+            "group",
+            "rule",
+            "create",
+            "--ingress",
+            "--protocol",
+            "icmp",
+            group,
+        ]);
+    }
+
     pub fn ok(&self, args: &[&str]) -> String {
         self.run(args).unwrap_or_else(|e| panic!("{e}"))
     }
